@@ -1,0 +1,75 @@
+// Package config turns a netready plugin object (and, later, CNI_ARGS and pod
+// annotations) into one resolved Spec. It is pure: no I/O, no clock, no netns.
+package config
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Scheme names a probe kind.
+type Scheme string
+
+const (
+	ICMP  Scheme = "icmp"
+	TCP   Scheme = "tcp"
+	DNS   Scheme = "dns"
+	HTTP  Scheme = "http"
+	HTTPS Scheme = "https"
+)
+
+// Probe is one parsed probe URL. Hosts are always IP literals.
+type Probe struct {
+	Scheme Scheme
+	Addr   netip.Addr // target address, unmapped (a v4-mapped v6 literal is rejected)
+	Port   uint16     // tcp/dns/http/https; 0 for icmp. Defaults: dns 53, http 80, https 443.
+
+	RefusedOK bool // tcp: ?refused=ok, a RST also counts as an answer
+
+	Name  string // dns: the name queried (from the path, without leading '/'), fully qualified with a trailing '.'
+	QType string // dns: "A" (default) or "AAAA" (?type=AAAA)
+
+	Host      string // http(s): the Host header value (the URL's host[:port] as written)
+	Path      string // http(s): path plus query, without netready's own parameters; "/" when empty
+	StatusMin int    // http(s): lowest accepted status, default 200 (?status=200-204 or ?status=204)
+	StatusMax int    // http(s): highest accepted status, default 399
+
+	// URL is the canonical form, without userinfo, safe to log and to show in errors.
+	URL string
+}
+
+// String returns the canonical, log-safe URL.
+func (p Probe) String() string { return p.URL }
+
+// AddrPort is the target's address and port (port 0 for icmp).
+func (p Probe) AddrPort() netip.AddrPort { return netip.AddrPortFrom(p.Addr, p.Port) }
+
+// OnTimeout says what ADD does when the deadline passes with conditions unmet.
+type OnTimeout string
+
+const (
+	Fail  OnTimeout = "fail"  // CNI error 11 (try again later)
+	Allow OnTimeout = "allow" // pass prevResult through, log a warning
+)
+
+// MaxTimeout is the largest accepted timeout: it must stay under the runtime's
+// budget for the whole sandbox (CRI-O gives CNI 60 s, containerd about 4 min;
+// the kubelet retries after a failed sandbox either way).
+const MaxTimeout = 110 * time.Second
+
+// Spec is what the gate enforces for one pod: the configuration after
+// resolution (config -> first matching rule -> annotations).
+type Spec struct {
+	Timeout        time.Duration
+	OnTimeout      OnTimeout
+	Gateway        bool
+	DefaultRoute   bool
+	Probes         []Probe
+	Interval       time.Duration
+	MaxInterval    time.Duration
+	AttemptTimeout time.Duration
+
+	// Skipped pods are passed through ungated; SkipReason says why.
+	Skipped    bool
+	SkipReason string
+}
