@@ -1,0 +1,412 @@
+// Package gate waits until every condition on a pod's network holds, or its
+// deadline passes: the engine behind netready's ADD and CHECK.
+package gate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Kind says how the gate drives a condition.
+type Kind int
+
+const (
+	// Local conditions read the pod netns's own state (links, addresses,
+	// routes) through netlink. They are cheap, so the gate evaluates them on
+	// its own goroutine at the start and again whenever the pod netns reports
+	// a change: never on a timer.
+	Local Kind = iota
+	// Active conditions send packets (a probe, the gateway ping). Each
+	// attempt runs on its own goroutine with a fresh socket, on a backing-off
+	// schedule plus an immediate extra attempt on every change.
+	Active
+)
+
+func (k Kind) String() string {
+	if k == Local {
+		return "local"
+	}
+	return "active"
+}
+
+// Condition is one thing that must hold before the pod may start.
+type Condition struct {
+	Name string // as shown to the operator: "route to 10.0.0.5", "tcp://10.0.0.5:5432"
+	Kind Kind
+	// Check evaluates the condition once; nil means it holds. Active checks
+	// must return promptly once ctx is done. An error wrapped by Permanent
+	// ends the whole gate at once: waiting longer cannot help.
+	Check func(ctx context.Context) error
+}
+
+// Event is a wake-up from netlink: something changed that may have opened a path.
+type Event int
+
+const (
+	// PodChanged: a link, address, route or neighbour changed in the pod netns.
+	// Local conditions are evaluated again and every pending probe is tried.
+	PodChanged Event = iota + 1
+	// NodeChanged: a route, neighbour, link or nftables change in the node netns.
+	// Every pending probe is tried at once.
+	NodeChanged
+)
+
+// Options tune the wait. Zero values take the defaults noted.
+type Options struct {
+	Interval       time.Duration // first gap between attempts of a probe (10ms)
+	MaxInterval    time.Duration // the gap doubles up to this (40ms)
+	AttemptTimeout time.Duration // one attempt's budget (1s)
+	// MaxInFlight caps the attempts of one probe that wait for an answer at
+	// once (8). At the cap the oldest is closed to make room: the answer that
+	// counts after a path opens is the one to a packet sent after it opened,
+	// since a dropped SYN is retransmitted by the kernel only after a second.
+	// At the default schedule an attempt thus lives about 8×40 ms, enough for
+	// any target within a few hundred milliseconds' round trip.
+	MaxInFlight int
+	Events      <-chan Event
+}
+
+func (o *Options) setDefaults() {
+	if o.Interval <= 0 {
+		o.Interval = 10 * time.Millisecond
+	}
+	if o.MaxInterval < o.Interval {
+		o.MaxInterval = max(o.Interval, 40*time.Millisecond)
+	}
+	if o.AttemptTimeout <= 0 {
+		o.AttemptTimeout = time.Second
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 8
+	}
+}
+
+// eventBurst and the refill of one token per MaxInterval bound the extra
+// attempts that netlink events may trigger: a busy node (pods coming and
+// going) must not turn the gate into a packet storm.
+const eventBurst = 3
+
+// permanentError marks an error that waiting cannot fix.
+type permanentError struct{ err error }
+
+func (p permanentError) Error() string { return p.err.Error() }
+func (p permanentError) Unwrap() error { return p.err }
+
+// Permanent wraps err so that the gate stops at once when a check returns it
+// (the pod's netns is gone, say).
+func Permanent(err error) error { return permanentError{err} }
+
+// ErrNoAnswer is recorded for an attempt that got no answer before it was
+// closed to make room for a newer one.
+var ErrNoAnswer = errors.New("no answer")
+
+// Status is the outcome of one condition.
+type Status struct {
+	Name     string
+	Kind     Kind
+	Ready    bool
+	After    time.Duration // since the gate started, when it (last) became ready
+	Attempts int
+	LastErr  error // the last failure seen, nil if none
+}
+
+// Report is the outcome of a gate run.
+type Report struct {
+	Conditions []Status
+	Waited     time.Duration
+	// Err is why the gate stopped before all conditions held: the context was
+	// cancelled, or a check failed with a Permanent error. It is nil when all
+	// conditions held and when the context's deadline passed.
+	Err error
+}
+
+// Ready reports whether every condition held when the gate returned.
+func (r *Report) Ready() bool {
+	if r.Err != nil {
+		return false
+	}
+	for _, c := range r.Conditions {
+		if !c.Ready {
+			return false
+		}
+	}
+	return true
+}
+
+// Unmet lists the conditions that did not hold.
+func (r *Report) Unmet() []Status {
+	var out []Status
+	for _, c := range r.Conditions {
+		if !c.Ready {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Summary names every unmet condition with its last error and attempt count,
+// e.g. "tcp://10.15.21.167:9000: i/o timeout (412 attempts)".
+func (r *Report) Summary() string {
+	var parts []string
+	for _, c := range r.Unmet() {
+		msg := "not ready"
+		if c.LastErr != nil {
+			msg = c.LastErr.Error()
+		}
+		unit := "attempts"
+		if c.Kind == Local {
+			unit = "checks"
+		}
+		parts = append(parts, fmt.Sprintf("%s: %s (%d %s)", c.Name, msg, c.Attempts, unit))
+	}
+	return strings.Join(parts, "; ")
+}
+
+type attempt struct {
+	cond    int
+	cancel  context.CancelFunc
+	dropped bool // closed by the gate to make room, or because its condition is met
+}
+
+type result struct {
+	a   *attempt
+	err error
+}
+
+type probeState struct {
+	interval time.Duration
+	next     time.Time
+	inflight []*attempt // oldest first
+	tokens   float64
+	refilled time.Time
+}
+
+type run struct {
+	opt     Options
+	ctx     context.Context
+	conds   []Condition
+	status  []Status
+	probes  []probeState
+	start   time.Time
+	results chan result
+	running int
+}
+
+// Run evaluates all conditions at once and returns when all hold, when ctx's
+// deadline passes, when ctx is cancelled or when a check fails permanently.
+// It returns only after every attempt it started has finished.
+func Run(ctx context.Context, conds []Condition, opt Options) *Report {
+	opt.setDefaults()
+	r := &run{
+		opt:     opt,
+		ctx:     ctx,
+		conds:   conds,
+		status:  make([]Status, len(conds)),
+		probes:  make([]probeState, len(conds)),
+		start:   time.Now(),
+		results: make(chan result),
+	}
+	for i, c := range conds {
+		r.status[i] = Status{Name: c.Name, Kind: c.Kind}
+		r.probes[i] = probeState{interval: opt.Interval, next: r.start, tokens: eventBurst, refilled: r.start}
+	}
+	err := r.loop()
+	r.stopAll()
+	rep := &Report{Conditions: r.status, Waited: time.Since(r.start), Err: err}
+	return rep
+}
+
+func (r *run) loop() error {
+	if err := r.evalLocal(); err != nil {
+		return err
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		now := time.Now()
+		r.launchDue(now)
+		if r.allReady() {
+			return nil
+		}
+		timer.Reset(r.nextWake(now).Sub(now))
+
+		select {
+		case <-r.ctx.Done():
+			if errors.Is(r.ctx.Err(), context.DeadlineExceeded) {
+				return nil // timed out: the report lists what is unmet
+			}
+			return r.ctx.Err()
+		case ev := <-r.opt.Events:
+			if ev == PodChanged {
+				if err := r.evalLocal(); err != nil {
+					return err
+				}
+			}
+			r.launchOnEvent(time.Now())
+		case res := <-r.results:
+			if err := r.finish(res); err != nil {
+				return err
+			}
+		case <-timer.C:
+		}
+	}
+}
+
+// evalLocal evaluates every local condition against the pod netns's current
+// state, ready ones too: a link can go down again while the gate waits.
+func (r *run) evalLocal() error {
+	for i, c := range r.conds {
+		if c.Kind != Local {
+			continue
+		}
+		st := &r.status[i]
+		st.Attempts++
+		err := c.Check(r.ctx)
+		var perm permanentError
+		if errors.As(err, &perm) {
+			st.Ready, st.LastErr = false, err
+			return err
+		}
+		if err != nil {
+			st.Ready, st.LastErr = false, err
+			continue
+		}
+		if !st.Ready {
+			st.Ready, st.After = true, time.Since(r.start)
+		}
+	}
+	return nil
+}
+
+func (r *run) allReady() bool {
+	for _, s := range r.status {
+		if !s.Ready {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *run) pending(i int) bool {
+	return r.conds[i].Kind == Active && !r.status[i].Ready
+}
+
+// launchDue starts the attempts the schedule calls for, then backs off.
+func (r *run) launchDue(now time.Time) {
+	for i := range r.conds {
+		p := &r.probes[i]
+		if !r.pending(i) || now.Before(p.next) {
+			continue
+		}
+		r.launch(i)
+		p.next = now.Add(p.interval)
+		p.interval = min(2*p.interval, r.opt.MaxInterval)
+	}
+}
+
+// launchOnEvent starts an extra attempt of every pending probe, as far as
+// each one's token bucket allows, and restarts its schedule from now so the
+// extra attempt replaces the next scheduled one instead of adding to it.
+func (r *run) launchOnEvent(now time.Time) {
+	for i := range r.conds {
+		if !r.pending(i) {
+			continue
+		}
+		p := &r.probes[i]
+		p.tokens = min(eventBurst, p.tokens+float64(now.Sub(p.refilled))/float64(r.opt.MaxInterval))
+		p.refilled = now
+		if p.tokens < 1 {
+			continue
+		}
+		p.tokens--
+		r.launch(i)
+		p.next = now.Add(p.interval)
+	}
+}
+
+func (r *run) launch(i int) {
+	p := &r.probes[i]
+	if len(p.inflight) >= r.opt.MaxInFlight {
+		r.drop(p.inflight[0])
+		p.inflight = p.inflight[1:]
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, r.opt.AttemptTimeout)
+	a := &attempt{cond: i, cancel: cancel}
+	p.inflight = append(p.inflight, a)
+	r.status[i].Attempts++
+	r.running++
+	check := r.conds[i].Check
+	go func() {
+		err := check(ctx)
+		r.results <- result{a, err}
+	}()
+}
+
+func (r *run) drop(a *attempt) {
+	a.dropped = true
+	a.cancel()
+}
+
+func (r *run) finish(res result) error {
+	r.running--
+	a := res.a
+	a.cancel()
+	p := &r.probes[a.cond]
+	for j, b := range p.inflight {
+		if b == a {
+			p.inflight = append(p.inflight[:j], p.inflight[j+1:]...)
+			break
+		}
+	}
+	st := &r.status[a.cond]
+	if st.Ready {
+		return nil // a straggler after the first success
+	}
+	var perm permanentError
+	switch {
+	case res.err == nil:
+		st.Ready, st.After = true, time.Since(r.start)
+		for _, b := range p.inflight {
+			r.drop(b)
+		}
+		p.inflight = nil
+	case errors.As(res.err, &perm):
+		st.LastErr = res.err
+		return res.err
+	case a.dropped:
+		st.LastErr = ErrNoAnswer
+	case errors.Is(res.err, context.DeadlineExceeded):
+		st.LastErr = fmt.Errorf("no answer within %v", r.opt.AttemptTimeout)
+	default:
+		st.LastErr = res.err
+	}
+	return nil
+}
+
+func (r *run) nextWake(now time.Time) time.Time {
+	wake := now.Add(time.Hour)
+	for i := range r.conds {
+		if p := &r.probes[i]; r.pending(i) && p.next.Before(wake) {
+			wake = p.next
+		}
+	}
+	return wake
+}
+
+// stopAll closes every attempt still in flight and waits for their
+// goroutines, so a gate run leaves no socket or goroutine behind.
+func (r *run) stopAll() {
+	for i := range r.probes {
+		for _, a := range r.probes[i].inflight {
+			r.drop(a)
+		}
+		r.probes[i].inflight = nil
+	}
+	for r.running > 0 {
+		<-r.results
+		r.running--
+	}
+}

@@ -1,0 +1,335 @@
+package gate
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// The tests run in a synctest bubble: time is fake and advances only when
+// every goroutine is blocked, so schedules and deadlines are exact.
+
+var errRefused = errors.New("connection refused")
+
+// recorder is an active check that logs when each attempt started.
+type recorder struct {
+	mu     sync.Mutex
+	starts []time.Duration // guarded by mu
+	t0     time.Time
+	fn     func(ctx context.Context, n int) error
+	live   atomic.Int32
+	peak   atomic.Int32
+}
+
+func newRecorder(fn func(ctx context.Context, n int) error) *recorder {
+	return &recorder{t0: time.Now(), fn: fn}
+}
+
+func (r *recorder) check(ctx context.Context) error {
+	r.mu.Lock()
+	n := len(r.starts)
+	r.starts = append(r.starts, time.Since(r.t0))
+	r.mu.Unlock()
+	live := r.live.Add(1)
+	defer r.live.Add(-1)
+	for {
+		peak := r.peak.Load()
+		if live <= peak || r.peak.CompareAndSwap(peak, live) {
+			break
+		}
+	}
+	return r.fn(ctx, n)
+}
+
+func (r *recorder) startTimes() []time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]time.Duration(nil), r.starts...)
+}
+
+func ms(n ...int) []time.Duration {
+	out := make([]time.Duration, len(n))
+	for i, v := range n {
+		out[i] = time.Duration(v) * time.Millisecond
+	}
+	return out
+}
+
+func equalDurations(a, b []time.Duration) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// hang waits for the attempt to be closed, as a dropped SYN does.
+func hang(ctx context.Context) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func hangN(ctx context.Context, _ int) error { return hang(ctx) }
+
+func TestReadyAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ok := func(context.Context) error { return nil }
+		rep := Run(t.Context(), []Condition{
+			{Name: "link eth0", Kind: Local, Check: ok},
+			{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: ok},
+		}, Options{})
+		if !rep.Ready() || rep.Waited != 0 {
+			t.Fatalf("Ready=%v Waited=%v, want ready at once: %s", rep.Ready(), rep.Waited, rep.Summary())
+		}
+		for _, c := range rep.Conditions {
+			if c.Attempts != 1 || c.After != 0 {
+				t.Errorf("%s: %d attempts, ready after %v; want 1 at 0s", c.Name, c.Attempts, c.After)
+			}
+		}
+	})
+}
+
+func TestScheduleBacksOffToMaxInterval(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := newRecorder(func(context.Context, int) error { return errRefused })
+		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+		defer cancel()
+		rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+			Options{Interval: 10 * time.Millisecond, MaxInterval: 40 * time.Millisecond})
+		if got, want := rec.startTimes(), ms(0, 10, 30, 70, 110, 150, 190); !equalDurations(got, want) {
+			t.Errorf("attempts at %v, want %v", got, want)
+		}
+		if rep.Ready() || rep.Err != nil {
+			t.Fatalf("Ready=%v Err=%v, want a plain timeout", rep.Ready(), rep.Err)
+		}
+		if rep.Waited != 200*time.Millisecond {
+			t.Errorf("Waited=%v, want the whole 200ms budget", rep.Waited)
+		}
+		if got, want := rep.Summary(), "tcp://10.0.0.5:5432: connection refused (7 attempts)"; got != want {
+			t.Errorf("Summary()=%q, want %q", got, want)
+		}
+	})
+}
+
+func TestFirstSuccessWinsAndClosesTheRest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var closed atomic.Int32
+		opened := 45 * time.Millisecond
+		t0 := time.Now()
+		rec := newRecorder(func(ctx context.Context, n int) error {
+			if time.Since(t0) >= opened {
+				time.Sleep(2 * time.Millisecond) // one round trip
+				return nil
+			}
+			<-ctx.Done() // sent before the path opened: dropped
+			closed.Add(1)
+			return ctx.Err()
+		})
+		rep := Run(t.Context(), []Condition{{Name: "icmp://10.0.0.1", Kind: Active, Check: rec.check}}, Options{})
+		// Attempts at 0, 10, 30 hang; the one at 70 is the first after the opening.
+		if !rep.Ready() || rep.Conditions[0].After != 72*time.Millisecond {
+			t.Fatalf("Ready=%v after %v, want ready at 72ms: %s", rep.Ready(), rep.Conditions[0].After, rep.Summary())
+		}
+		if got := closed.Load(); got != 3 {
+			t.Errorf("%d hanging attempts closed, want all 3", got)
+		}
+	})
+}
+
+func TestInFlightCapClosesOldest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := newRecorder(hangN)
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		defer cancel()
+		rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+			Options{MaxInFlight: 4, AttemptTimeout: time.Second})
+		// The closed attempt returns just after its replacement starts, so
+		// for an instant there is one more than the cap.
+		if peak := rec.peak.Load(); peak > 5 {
+			t.Errorf("peak attempts in flight = %d, want the cap of 4 (+1 closing)", peak)
+		}
+		if st := rep.Conditions[0]; !errors.Is(st.LastErr, ErrNoAnswer) {
+			t.Errorf("LastErr=%v, want %v", st.LastErr, ErrNoAnswer)
+		}
+		// 0,10,30,70 then every 40ms up to 2s: 4 + 48.
+		if got := rep.Conditions[0].Attempts; got != 52 {
+			t.Errorf("%d attempts in 2s, want 52 (the schedule, not more)", got)
+		}
+	})
+}
+
+func TestAttemptTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), 120*time.Millisecond)
+		defer cancel()
+		rep := Run(ctx, []Condition{{Name: "dns://10.0.0.10/db.", Kind: Active, Check: hang}},
+			Options{AttemptTimeout: 50 * time.Millisecond, MaxInFlight: 100})
+		want := "no answer within 50ms"
+		if err := rep.Conditions[0].LastErr; err == nil || err.Error() != want {
+			t.Errorf("LastErr=%v, want %q", err, want)
+		}
+	})
+}
+
+func TestNodeEventTriggersImmediateAttempt(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var open atomic.Bool
+		rec := newRecorder(func(ctx context.Context, _ int) error {
+			if open.Load() {
+				return nil
+			}
+			return errRefused
+		})
+		events := make(chan Event, 1)
+		go func() {
+			time.Sleep(1005 * time.Millisecond) // between two scheduled attempts (990, 1030)
+			open.Store(true)
+			events <- NodeChanged
+		}()
+		rep := Run(t.Context(), []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+			Options{Events: events})
+		if got := rep.Conditions[0].After; !rep.Ready() || got != 1005*time.Millisecond {
+			t.Fatalf("ready after %v, want at the event (1.005s)", got)
+		}
+	})
+}
+
+func TestEventStormIsRateLimited(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := newRecorder(func(context.Context, int) error { return errRefused })
+		events := make(chan Event)
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		go func() {
+			time.Sleep(500 * time.Millisecond)
+			for range 100 {
+				select {
+				case events <- NodeChanged:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+		rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+			Options{Events: events})
+		// The schedule alone makes 4 + 24 attempts in 1s; a storm of 100
+		// events at one instant may add at most the burst.
+		if got := rep.Conditions[0].Attempts; got > 28+eventBurst {
+			t.Errorf("%d attempts, want at most %d: events must not flood the target", got, 28+eventBurst)
+		}
+	})
+}
+
+func TestLocalConditionsFollowPodEvents(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var routeAdded atomic.Bool
+		var evals atomic.Int32
+		route := func(context.Context) error {
+			evals.Add(1)
+			if !routeAdded.Load() {
+				return errors.New("no route")
+			}
+			return nil
+		}
+		events := make(chan Event)
+		go func() {
+			time.Sleep(300 * time.Millisecond)
+			events <- NodeChanged // not a pod change: local state is not read again
+			routeAdded.Store(true)
+			time.Sleep(100 * time.Millisecond)
+			events <- PodChanged
+		}()
+		rep := Run(t.Context(), []Condition{{Name: "route to 10.0.0.5", Kind: Local, Check: route}},
+			Options{Events: events})
+		if !rep.Ready() || rep.Conditions[0].After != 400*time.Millisecond {
+			t.Fatalf("ready=%v after %v, want ready at the pod event (400ms)", rep.Ready(), rep.Conditions[0].After)
+		}
+		if got := evals.Load(); got != 2 {
+			t.Errorf("local condition evaluated %d times, want 2 (start, pod event): no polling", got)
+		}
+	})
+}
+
+func TestLocalConditionCanRegress(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var up atomic.Bool
+		up.Store(true)
+		link := func(context.Context) error {
+			if !up.Load() {
+				return errors.New("link eth0 is down")
+			}
+			return nil
+		}
+		events := make(chan Event)
+		go func() {
+			time.Sleep(10 * time.Millisecond)
+			up.Store(false)
+			events <- PodChanged
+		}()
+		ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+		defer cancel()
+		rep := Run(ctx, []Condition{
+			{Name: "link eth0", Kind: Local, Check: link},
+			{Name: "icmp://10.0.0.1", Kind: Active, Check: hang},
+		}, Options{Events: events})
+		if rep.Ready() || rep.Conditions[0].Ready {
+			t.Fatalf("link reported ready after it went down: %s", rep.Summary())
+		}
+		if !strings.Contains(rep.Summary(), "link eth0: link eth0 is down") {
+			t.Errorf("Summary()=%q, want the link's error", rep.Summary())
+		}
+	})
+}
+
+func TestPermanentErrorStopsAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gone := errors.New("netns /var/run/netns/pod is gone")
+		rec := newRecorder(hangN)
+		events := make(chan Event)
+		var torn atomic.Bool
+		go func() {
+			time.Sleep(50 * time.Millisecond)
+			torn.Store(true)
+			events <- PodChanged
+		}()
+		rep := Run(t.Context(), []Condition{
+			{Name: "link eth0", Kind: Local, Check: func(context.Context) error {
+				if torn.Load() {
+					return Permanent(gone)
+				}
+				return nil
+			}},
+			{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check},
+		}, Options{Events: events})
+		if !errors.Is(rep.Err, gone) || rep.Waited != 50*time.Millisecond || rep.Ready() {
+			t.Fatalf("Err=%v after %v, want %v at the event (50ms)", rep.Err, rep.Waited, gone)
+		}
+	})
+}
+
+func TestCancelStopsAndWaitsForAttempts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := newRecorder(hangN)
+		ctx, cancel := context.WithCancel(t.Context())
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			cancel() // SIGTERM
+		}()
+		rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}}, Options{})
+		if !errors.Is(rep.Err, context.Canceled) || rep.Waited != 100*time.Millisecond {
+			t.Fatalf("Err=%v Waited=%v, want canceled at 100ms", rep.Err, rep.Waited)
+		}
+		if live := rec.live.Load(); live != 0 {
+			t.Errorf("%d attempts still running after Run returned", live)
+		}
+	})
+}
