@@ -42,18 +42,6 @@ type Condition struct {
 	Check func(ctx context.Context) error
 }
 
-// Event is a wake-up from netlink: something changed that may have opened a path.
-type Event int
-
-const (
-	// PodChanged: a link, address, route or neighbour changed in the pod netns.
-	// Local conditions are evaluated again and every pending probe is tried.
-	PodChanged Event = iota + 1
-	// NodeChanged: a route, neighbour, link or nftables change in the node netns.
-	// Every pending probe is tried at once.
-	NodeChanged
-)
-
 // Options tune the wait. Zero values take the defaults noted.
 type Options struct {
 	Interval       time.Duration // first gap between attempts of a probe (10ms)
@@ -66,7 +54,13 @@ type Options struct {
 	// At the default schedule an attempt thus lives about 8×40 ms, enough for
 	// any target within a few hundred milliseconds' round trip.
 	MaxInFlight int
-	Events      <-chan Event
+	// PodChanged wakes the gate when a link, address, route or neighbour
+	// changed in the pod netns: local conditions are evaluated again and
+	// every pending probe is tried at once.
+	PodChanged <-chan struct{}
+	// NodeChanged wakes the gate when a route, neighbour, link or nftables
+	// ruleset changed in the node netns: every pending probe is tried at once.
+	NodeChanged <-chan struct{}
 }
 
 func (o *Options) setDefaults() {
@@ -239,12 +233,12 @@ func (r *run) loop() error {
 				return nil // timed out: the report lists what is unmet
 			}
 			return r.ctx.Err()
-		case ev := <-r.opt.Events:
-			if ev == PodChanged {
-				if err := r.evalLocal(); err != nil {
-					return err
-				}
+		case <-r.opt.PodChanged:
+			if err := r.evalLocal(); err != nil {
+				return err
 			}
+			r.launchOnEvent(time.Now())
+		case <-r.opt.NodeChanged:
 			r.launchOnEvent(time.Now())
 		case res := <-r.results:
 			if err := r.finish(res); err != nil {

@@ -189,14 +189,14 @@ func TestNodeEventTriggersImmediateAttempt(t *testing.T) {
 			}
 			return errRefused
 		})
-		events := make(chan Event, 1)
+		events := make(chan struct{}, 1)
 		go func() {
 			time.Sleep(1005 * time.Millisecond) // between two scheduled attempts (990, 1030)
 			open.Store(true)
-			events <- NodeChanged
+			events <- struct{}{}
 		}()
 		rep := Run(t.Context(), []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
-			Options{Events: events})
+			Options{NodeChanged: events})
 		if got := rep.Conditions[0].After; !rep.Ready() || got != 1005*time.Millisecond {
 			t.Fatalf("ready after %v, want at the event (1.005s)", got)
 		}
@@ -206,21 +206,21 @@ func TestNodeEventTriggersImmediateAttempt(t *testing.T) {
 func TestEventStormIsRateLimited(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rec := newRecorder(func(context.Context, int) error { return errRefused })
-		events := make(chan Event)
+		events := make(chan struct{})
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()
 		go func() {
 			time.Sleep(500 * time.Millisecond)
 			for range 100 {
 				select {
-				case events <- NodeChanged:
+				case events <- struct{}{}:
 				case <-ctx.Done():
 					return
 				}
 			}
 		}()
 		rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
-			Options{Events: events})
+			Options{NodeChanged: events})
 		// The schedule alone makes 4 + 24 attempts in 1s; a storm of 100
 		// events at one instant may add at most the burst.
 		if got := rep.Conditions[0].Attempts; got > 28+eventBurst {
@@ -240,16 +240,16 @@ func TestLocalConditionsFollowPodEvents(t *testing.T) {
 			}
 			return nil
 		}
-		events := make(chan Event)
+		node, pod := make(chan struct{}), make(chan struct{})
 		go func() {
 			time.Sleep(300 * time.Millisecond)
-			events <- NodeChanged // not a pod change: local state is not read again
+			node <- struct{}{} // not a pod change: local state is not read again
 			routeAdded.Store(true)
 			time.Sleep(100 * time.Millisecond)
-			events <- PodChanged
+			pod <- struct{}{}
 		}()
 		rep := Run(t.Context(), []Condition{{Name: "route to 10.0.0.5", Kind: Local, Check: route}},
-			Options{Events: events})
+			Options{PodChanged: pod, NodeChanged: node})
 		if !rep.Ready() || rep.Conditions[0].After != 400*time.Millisecond {
 			t.Fatalf("ready=%v after %v, want ready at the pod event (400ms)", rep.Ready(), rep.Conditions[0].After)
 		}
@@ -269,18 +269,18 @@ func TestLocalConditionCanRegress(t *testing.T) {
 			}
 			return nil
 		}
-		events := make(chan Event)
+		events := make(chan struct{})
 		go func() {
 			time.Sleep(10 * time.Millisecond)
 			up.Store(false)
-			events <- PodChanged
+			events <- struct{}{}
 		}()
 		ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 		defer cancel()
 		rep := Run(ctx, []Condition{
 			{Name: "link eth0", Kind: Local, Check: link},
 			{Name: "icmp://10.0.0.1", Kind: Active, Check: hang},
-		}, Options{Events: events})
+		}, Options{PodChanged: events})
 		if rep.Ready() || rep.Conditions[0].Ready {
 			t.Fatalf("link reported ready after it went down: %s", rep.Summary())
 		}
@@ -294,12 +294,12 @@ func TestPermanentErrorStopsAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		gone := errors.New("netns /var/run/netns/pod is gone")
 		rec := newRecorder(hangN)
-		events := make(chan Event)
+		events := make(chan struct{})
 		var torn atomic.Bool
 		go func() {
 			time.Sleep(50 * time.Millisecond)
 			torn.Store(true)
-			events <- PodChanged
+			events <- struct{}{}
 		}()
 		rep := Run(t.Context(), []Condition{
 			{Name: "link eth0", Kind: Local, Check: func(context.Context) error {
@@ -309,7 +309,7 @@ func TestPermanentErrorStopsAtOnce(t *testing.T) {
 				return nil
 			}},
 			{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check},
-		}, Options{Events: events})
+		}, Options{PodChanged: events})
 		if !errors.Is(rep.Err, gone) || rep.Waited != 50*time.Millisecond || rep.Ready() {
 			t.Fatalf("Err=%v after %v, want %v at the event (50ms)", rep.Err, rep.Waited, gone)
 		}
