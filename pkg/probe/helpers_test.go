@@ -1,0 +1,215 @@
+package probe
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+	"golang.org/x/sys/unix"
+
+	"github.com/netready/netready/pkg/config"
+)
+
+// localSockets creates sockets in the test's own network namespace.
+type localSockets struct{}
+
+func (localSockets) Socket(domain, typ, proto int) (int, error) {
+	fd, err := unix.Socket(domain, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+	return fd, os.NewSyscallError("socket", err)
+}
+
+// check is one probe attempt and what it should come to.
+type check struct {
+	name    string
+	probe   config.Probe
+	timeout time.Duration // attempt timeout; 2s when zero
+	wantErr string        // "" for success, else a substring of the error
+	is      error         // when set, the error must satisfy errors.Is
+	fast    bool          // the failure must come well before the timeout
+}
+
+func (c check) run(t *testing.T, s Sockets) {
+	t.Helper()
+	p, err := New(c.probe, s)
+	if err != nil {
+		t.Fatalf("New(%+v): %v", c.probe, err)
+	}
+	timeout := c.timeout
+	if timeout == 0 {
+		timeout = 2 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	err = p.Attempt(ctx)
+	took := time.Since(start)
+	t.Logf("%s: %v after %v", c.probe, err, took.Round(time.Millisecond))
+	switch {
+	case c.wantErr == "" && err != nil:
+		t.Fatalf("Attempt: %v (after %v), want success", err, took)
+	case c.wantErr != "" && err == nil:
+		t.Fatalf("Attempt succeeded, want error %q", c.wantErr)
+	case c.wantErr != "" && !strings.Contains(err.Error(), c.wantErr):
+		t.Fatalf("Attempt: %q, want an error containing %q", err, c.wantErr)
+	case c.is != nil && !errors.Is(err, c.is):
+		t.Fatalf("Attempt: %q is not %v", err, c.is)
+	case c.fast && took > timeout/4:
+		t.Fatalf("Attempt failed after %v, want well under the %v timeout", took, timeout)
+	}
+	if c.is == context.DeadlineExceeded && (took < timeout-50*time.Millisecond || took > timeout+time.Second) {
+		t.Fatalf("Attempt timed out after %v, want about %v", took, timeout)
+	}
+}
+
+// statusHandler answers /code/NNN with status NNN, and 400 to a request that
+// does not look like netready's.
+func statusHandler(w http.ResponseWriter, r *http.Request) {
+	if r.UserAgent() != "netready" || !r.Close || r.Method != http.MethodGet {
+		http.Error(w, "unexpected request", http.StatusBadRequest)
+		return
+	}
+	code := http.StatusOK
+	if s, ok := strings.CutPrefix(r.URL.Path, "/code/"); ok {
+		code, _ = strconv.Atoi(s)
+	}
+	w.WriteHeader(code)
+}
+
+// startHTTP serves statusHandler on ln, over TLS when tls is set.
+func startHTTP(t *testing.T, ln net.Listener, tls bool) {
+	t.Helper()
+	s := httptest.NewUnstartedServer(http.HandlerFunc(statusHandler))
+	s.Listener.Close()
+	s.Listener = ln
+	// Keep the log clean of the TLS handshake errors some cases cause on purpose.
+	s.Config.ErrorLog = log.New(io.Discard, "", 0)
+	if tls {
+		s.StartTLS()
+	} else {
+		s.Start()
+	}
+	t.Cleanup(s.Close)
+}
+
+// startSilent accepts connections on ln and never says a word.
+func startSilent(t *testing.T, ln net.Listener) {
+	t.Helper()
+	done := make(chan struct{})
+	t.Cleanup(func() { ln.Close(); <-done })
+	go func() {
+		defer close(done)
+		var conns []net.Conn
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				break
+			}
+			conns = append(conns, c)
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+}
+
+// startDNS answers queries on pc according to the name asked for:
+// silent.test gets no answer, nx.test NXDOMAIN, wrong.test a response for
+// another question, noq.test a REFUSED without a question, spoof.test a
+// response with the wrong ID first; any other name an answer. A query without
+// RD set gets FORMERR without a question.
+func startDNS(t *testing.T, pc net.PacketConn) {
+	t.Helper()
+	done := make(chan struct{})
+	t.Cleanup(func() { pc.Close(); <-done })
+	go func() {
+		defer close(done)
+		buf := make([]byte, 512)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var m dnsmessage.Message
+			if m.Unpack(buf[:n]) != nil || len(m.Questions) != 1 {
+				continue
+			}
+			q := m.Questions[0]
+			resp := dnsmessage.Message{
+				Header:    dnsmessage.Header{ID: m.ID, Response: true, RecursionDesired: true},
+				Questions: m.Questions,
+			}
+			switch name := q.Name.String(); {
+			case !m.RecursionDesired:
+				resp.RCode, resp.Questions = dnsmessage.RCodeFormatError, nil
+			case name == "silent.test.":
+				continue
+			case name == "nx.test.":
+				resp.RCode = dnsmessage.RCodeNameError
+			case name == "wrong.test.":
+				resp.Questions = []dnsmessage.Question{{Name: dnsmessage.MustNewName("other.test."), Type: q.Type, Class: q.Class}}
+			case name == "noq.test.":
+				resp.RCode, resp.Questions = dnsmessage.RCodeRefused, nil
+			case name == "spoof.test.":
+				spoof := resp
+				spoof.ID++
+				if b, err := spoof.Pack(); err == nil {
+					pc.WriteTo(b, from)
+				}
+			default:
+				h := dnsmessage.ResourceHeader{Name: q.Name, Type: q.Type, Class: q.Class, TTL: 60}
+				if q.Type == dnsmessage.TypeAAAA {
+					resp.Answers = []dnsmessage.Resource{{Header: h, Body: &dnsmessage.AAAAResource{AAAA: [16]byte{0x20, 0x01, 0x0d, 0xb8, 15: 1}}}}
+				} else {
+					resp.Answers = []dnsmessage.Resource{{Header: h, Body: &dnsmessage.AResource{A: [4]byte{192, 0, 2, 1}}}}
+				}
+			}
+			if b, err := resp.Pack(); err == nil {
+				pc.WriteTo(b, from)
+			}
+		}
+	}()
+}
+
+// addrPort is the address a listener or packet conn is bound to.
+func addrPort(t *testing.T, a net.Addr) netip.AddrPort {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+func withAddr(ap netip.AddrPort, a netip.Addr) netip.AddrPort {
+	return netip.AddrPortFrom(a, ap.Port())
+}
+
+func tcpProbe(ap netip.AddrPort, refusedOK bool) config.Probe {
+	return config.Probe{Scheme: config.TCP, Addr: ap.Addr(), Port: ap.Port(), RefusedOK: refusedOK, URL: "tcp://" + ap.String()}
+}
+
+func httpProbe(scheme config.Scheme, ap netip.AddrPort, path string, min, max int) config.Probe {
+	return config.Probe{
+		Scheme: scheme, Addr: ap.Addr(), Port: ap.Port(), Host: ap.String(), Path: path,
+		StatusMin: min, StatusMax: max, URL: string(scheme) + "://" + ap.String() + path,
+	}
+}
+
+func dnsProbe(ap netip.AddrPort, name, qtype string) config.Probe {
+	return config.Probe{Scheme: config.DNS, Addr: ap.Addr(), Port: ap.Port(), Name: name, QType: qtype, URL: "dns://" + ap.String() + "/" + name}
+}
+
+func icmpProbe(a netip.Addr) config.Probe {
+	return config.Probe{Scheme: config.ICMP, Addr: a, URL: "icmp://" + a.String()}
+}

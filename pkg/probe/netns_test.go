@@ -1,0 +1,276 @@
+package probe
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/netready/netready/pkg/config"
+)
+
+// The test topology: a pod netns and a peer netns joined by a veth pair, and
+// nothing else. The pod routes 10.231.7.0/24 and fd31:231:7::/64 via the
+// peer, which forwards but has prohibit routes for them; the pod itself has
+// prohibit routes for the .9 prefixes and unreachable routes for the .8 ones.
+var (
+	pod4, peer4, pod6, peer6 = netip.MustParseAddr("10.231.0.1"), netip.MustParseAddr("10.231.0.2"), netip.MustParseAddr("fd31:231::1"), netip.MustParseAddr("fd31:231::2")
+	noHost4, noHost6         = netip.MustParseAddr("10.231.0.99"), netip.MustParseAddr("fd31:231::99") // on-link, never resolves
+	remoteDeny4, remoteDeny6 = netip.MustParseAddr("10.231.7.1"), netip.MustParseAddr("fd31:231:7::1")
+	localDeny4, localDeny6   = netip.MustParseAddr("10.231.9.1"), netip.MustParseAddr("fd31:231:9::1")
+	unreach4, unreach6       = netip.MustParseAddr("10.231.8.1"), netip.MustParseAddr("fd31:231:8::1")
+	noRoute4, noRoute6       = netip.MustParseAddr("10.232.0.1"), netip.MustParseAddr("fd32::1")
+)
+
+var netnsSeq atomic.Int32
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2: ", err)
+	}
+}
+
+func ipCmd(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// addNetNS creates a named netns that the test removes when it ends.
+func addNetNS(t *testing.T) (name, path string) {
+	t.Helper()
+	name = fmt.Sprintf("nrtest-%d-%d", os.Getpid(), netnsSeq.Add(1))
+	ipCmd(t, "netns", "add", name)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", name, err, out)
+		}
+	})
+	return name, "/run/netns/" + name
+}
+
+// openNetNS is OpenNetNS, closed when the test ends.
+func openNetNS(t *testing.T, path string) *NetNS {
+	t.Helper()
+	n, err := OpenNetNS(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// topology builds the pod and peer netns and returns their paths.
+func topology(t *testing.T) (podPath, peerPath string) {
+	t.Helper()
+	pod, podPath := addNetNS(t)
+	peer, peerPath := addNetNS(t)
+	ipCmd(t, "-n", pod, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", peer)
+	for _, c := range [][]string{
+		{"-n", pod, "addr", "add", pod4.String() + "/24", "dev", "veth0"},
+		{"-n", pod, "addr", "add", pod6.String() + "/64", "dev", "veth0", "nodad"},
+		{"-n", peer, "addr", "add", peer4.String() + "/24", "dev", "veth0"},
+		{"-n", peer, "addr", "add", peer6.String() + "/64", "dev", "veth0", "nodad"},
+		{"-n", pod, "link", "set", "lo", "up"},
+		{"-n", peer, "link", "set", "lo", "up"},
+		{"-n", pod, "link", "set", "veth0", "up"},
+		{"-n", peer, "link", "set", "veth0", "up"},
+		{"-n", pod, "route", "add", "10.231.7.0/24", "via", peer4.String()},
+		{"-n", pod, "-6", "route", "add", "fd31:231:7::/64", "via", peer6.String()},
+		{"-n", pod, "route", "add", "prohibit", "10.231.9.0/24"},
+		{"-n", pod, "-6", "route", "add", "prohibit", "fd31:231:9::/64"},
+		{"-n", pod, "route", "add", "unreachable", "10.231.8.0/24"},
+		{"-n", pod, "-6", "route", "add", "unreachable", "fd31:231:8::/64"},
+		// A router sends no ICMP errors for what it is not forwarding.
+		{"netns", "exec", peer, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"},
+		{"-n", peer, "route", "add", "prohibit", "10.231.7.0/24"},
+		{"-n", peer, "-6", "route", "add", "prohibit", "fd31:231:7::/64"},
+	} {
+		ipCmd(t, c...)
+	}
+	return podPath, peerPath
+}
+
+// peerServers are the servers in the peer netns, listening on both families.
+type peerServers struct {
+	web, tls, dns, closed uint16 // ports
+}
+
+func startPeer(t *testing.T, peerPath string) peerServers {
+	t.Helper()
+	// Only the sockets are made inside the netns; they are served from
+	// ordinary goroutines.
+	var web, tls, closed net.Listener
+	var dns net.PacketConn
+	err := ns.WithNetNSPath(peerPath, func(ns.NetNS) error {
+		var err error
+		if web, err = net.Listen("tcp", ":0"); err != nil {
+			return err
+		}
+		if tls, err = net.Listen("tcp", ":0"); err != nil {
+			return err
+		}
+		if closed, err = net.Listen("tcp", ":0"); err != nil {
+			return err
+		}
+		dns, err = net.ListenPacket("udp", ":0")
+		return err
+	})
+	for _, c := range []interface{ Close() error }{web, tls, closed, dns} {
+		if c != nil {
+			t.Cleanup(func() { c.Close() })
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s peerServers
+	s.web, s.tls, s.dns = addrPort(t, web.Addr()).Port(), addrPort(t, tls.Addr()).Port(), addrPort(t, dns.LocalAddr()).Port()
+	s.closed = addrPort(t, closed.Addr()).Port()
+	closed.Close() // same port, both families, now shut: the peer answers with RST and ICMP port unreachable
+	startHTTP(t, web, false)
+	startHTTP(t, tls, true)
+	startDNS(t, dns)
+	return s
+}
+
+// waitUp waits for the veth to carry traffic: its qdisc is attached some time
+// after the link comes up, and what is sent before is dropped.
+func waitUp(t *testing.T, s Sockets, targets ...netip.Addr) {
+	t.Helper()
+	for _, a := range targets {
+		p, err := New(icmpProbe(a), s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			err := p.Attempt(ctx)
+			cancel()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never answered: %v", a, err)
+			}
+		}
+	}
+}
+
+func TestNetNS(t *testing.T) {
+	needRoot(t)
+	podPath, peerPath := topology(t)
+	srv := startPeer(t, peerPath)
+	pod := openNetNS(t, podPath)
+	waitUp(t, pod, peer4, peer6)
+
+	const short = 500 * time.Millisecond
+	ap := netip.AddrPortFrom
+	var checks []check
+	for _, f := range []struct {
+		name                                                  string
+		peer, noHost, remoteDeny, localDeny, unreach, noRoute netip.Addr
+		deniedSYN                                             string // the kernel's errno for a SYN refused by ICMP differs
+	}{
+		{"v4", peer4, noHost4, remoteDeny4, localDeny4, unreach4, noRoute4, "no route to host"},
+		{"v6", peer6, noHost6, remoteDeny6, localDeny6, unreach6, noRoute6, "administratively prohibited"},
+	} {
+		checks = append(checks,
+			check{name: f.name + " icmp ok", probe: icmpProbe(f.peer)},
+			check{name: f.name + " icmp no host", probe: icmpProbe(f.noHost), timeout: short, wantErr: "no echo reply", is: context.DeadlineExceeded},
+			check{name: f.name + " icmp local prohibit route", probe: icmpProbe(f.localDeny), wantErr: "administratively prohibited (permission denied)", is: syscall.EACCES, fast: true},
+			check{name: f.name + " icmp local unreachable route", probe: icmpProbe(f.unreach), wantErr: "no route to host", is: syscall.EHOSTUNREACH, fast: true},
+			check{name: f.name + " icmp no route", probe: icmpProbe(f.noRoute), wantErr: "network is unreachable", is: syscall.ENETUNREACH, fast: true},
+			check{name: f.name + " icmp prohibited by router", probe: icmpProbe(f.remoteDeny), wantErr: "administratively prohibited (ICMP from " + f.peer.String() + ")", is: syscall.EACCES, fast: true},
+			check{name: f.name + " tcp ok", probe: tcpProbe(ap(f.peer, srv.web), false)},
+			check{name: f.name + " tcp refused", probe: tcpProbe(ap(f.peer, srv.closed), false), wantErr: "connection refused", is: syscall.ECONNREFUSED, fast: true},
+			check{name: f.name + " tcp refused ok", probe: tcpProbe(ap(f.peer, srv.closed), true)},
+			check{name: f.name + " tcp no host", probe: tcpProbe(ap(f.noHost, 80), false), timeout: short, wantErr: "i/o timeout", is: context.DeadlineExceeded},
+			check{name: f.name + " tcp local prohibit route", probe: tcpProbe(ap(f.localDeny, 80), true), wantErr: "administratively prohibited", is: syscall.EACCES, fast: true},
+			check{name: f.name + " tcp prohibited by router", probe: tcpProbe(ap(f.remoteDeny, 80), true), wantErr: f.deniedSYN, fast: true},
+			check{name: f.name + " http ok", probe: httpProbe(config.HTTP, ap(f.peer, srv.web), "/", 200, 399)},
+			check{name: f.name + " http 503", probe: httpProbe(config.HTTP, ap(f.peer, srv.web), "/code/503", 200, 399), wantErr: "HTTP 503, want 200-399"},
+			check{name: f.name + " https ok", probe: httpProbe(config.HTTPS, ap(f.peer, srv.tls), "/", 200, 399)},
+			check{name: f.name + " dns A", probe: dnsProbe(ap(f.peer, srv.dns), "ok.test.", "A")},
+			check{name: f.name + " dns AAAA", probe: dnsProbe(ap(f.peer, srv.dns), "ok.test.", "AAAA")},
+			check{name: f.name + " dns closed port", probe: dnsProbe(ap(f.peer, srv.closed), "ok.test.", "A"), wantErr: "connection refused", is: syscall.ECONNREFUSED, fast: true},
+			check{name: f.name + " dns no host", probe: dnsProbe(ap(f.noHost, 53), "ok.test.", "A"), timeout: short, wantErr: "DNS: no response", is: context.DeadlineExceeded},
+			check{name: f.name + " dns local unreachable route", probe: dnsProbe(ap(f.unreach, 53), "ok.test.", "A"), wantErr: "no route to host", is: syscall.EHOSTUNREACH, fast: true},
+		)
+	}
+	for _, c := range checks {
+		t.Run(c.name, func(t *testing.T) { c.run(t, pod) })
+	}
+
+	t.Run("concurrent", func(t *testing.T) {
+		for _, pr := range []config.Probe{icmpProbe(peer4), icmpProbe(peer6), tcpProbe(ap(peer4, srv.web), false), dnsProbe(ap(peer6, srv.dns), "ok.test.", "A")} {
+			t.Run(pr.URL, func(t *testing.T) { attemptConcurrently(t, pr, pod, 16, 8) })
+		}
+	})
+}
+
+// TestNetNSIsolation shows that sockets live in the pod netns: a server that
+// listens on the host's loopback is out of the pod's reach.
+func TestNetNSIsolation(t *testing.T) {
+	needRoot(t)
+	name, podPath := addNetNS(t)
+	ipCmd(t, "-n", name, "link", "set", "lo", "up")
+	pod := openNetNS(t, podPath)
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			ln := f.listen(t)
+			startSilent(t, ln)
+			pr := tcpProbe(addrPort(t, ln.Addr()), false)
+			t.Run("host", func(t *testing.T) { check{probe: pr}.run(t, localSockets{}) })
+			t.Run("pod", func(t *testing.T) {
+				check{probe: pr, wantErr: "connection refused", is: syscall.ECONNREFUSED, fast: true}.run(t, pod)
+			})
+		})
+	}
+}
+
+// TestICMPLoopback pings the host's own loopback: raw sockets need root, but
+// no netns.
+func TestICMPLoopback(t *testing.T) {
+	needRoot(t)
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			check{probe: icmpProbe(f.lo)}.run(t, localSockets{})
+			attemptConcurrently(t, icmpProbe(f.lo), localSockets{}, 8, 8)
+		})
+	}
+}
+
+// BenchmarkNetNSSocket measures what entering the pod netns adds to an attempt.
+func BenchmarkNetNSSocket(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root: enters a network namespace")
+	}
+	n, err := OpenNetNS("/proc/self/ns/net")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer n.Close()
+	for b.Loop() {
+		fd, err := n.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		syscall.Close(fd)
+	}
+}
