@@ -1,5 +1,5 @@
-// Package config turns a netready plugin object (and, later, CNI_ARGS and pod
-// annotations) into one resolved Spec. It is pure: no I/O, no clock, no netns.
+// Package config turns a netready plugin object, CNI_ARGS and pod annotations
+// into one resolved Spec. It is pure: no I/O, no clock, no netns.
 package config
 
 import (
@@ -29,7 +29,7 @@ type Probe struct {
 	Name  string // dns: the name queried (from the path, without leading '/'), fully qualified with a trailing '.'
 	QType string // dns: "A" (default) or "AAAA" (?type=AAAA)
 
-	Host      string // http(s): the Host header value (the URL's host[:port] as written)
+	Host      string // http(s): the Host header value: the canonical IP, and the port unless it is the default
 	Path      string // http(s): path plus query, without netready's own parameters; "/" when empty
 	StatusMin int    // http(s): lowest accepted status, default 200 (?status=200-204 or ?status=204)
 	StatusMax int    // http(s): highest accepted status, default 399

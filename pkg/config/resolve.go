@@ -1,0 +1,213 @@
+package config
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+// The pod annotations netready reads, when the conflist's annotations.allow
+// lets it and the runtime passes them (the io.kubernetes.cri.pod-annotations
+// capability).
+const (
+	AnnotationProbes  = "netready.dev/probes"  // comma-separated probe URLs, added to the configured ones
+	AnnotationTimeout = "netready.dev/timeout" // a Go duration, at most annotations.maxTimeout
+	AnnotationSkip    = "netready.dev/skip"    // "true" passes the pod ungated, with annotations.allowSkip
+)
+
+const annotationPrefix = "netready.dev/"
+
+// Pod is what Resolve knows of a pod.
+type Pod struct {
+	Namespace, Name string
+	Annotations     map[string]string
+}
+
+// Pod returns the pod that cniArgs (CNI_ARGS) names through K8S_POD_NAMESPACE
+// and K8S_POD_NAME, as containerd and CRI-O set them for Kubernetes sandboxes,
+// with the annotations the runtime passed in runtimeConfig. Outside Kubernetes
+// both names are empty, which no skip entry or rule matches.
+func (c *Conf) Pod(cniArgs string) Pod {
+	pod := Pod{Annotations: c.RuntimeConfig.PodAnnotations}
+	for pair := range strings.SplitSeq(cniArgs, ";") {
+		switch k, v, _ := strings.Cut(pair, "="); k {
+		case "K8S_POD_NAMESPACE":
+			pod.Namespace = v
+		case "K8S_POD_NAME":
+			pod.Name = v
+		}
+	}
+	return pod
+}
+
+// Resolve returns the spec the gate enforces for pod: the base spec, then
+// the first rule that matches the pod, then the pod's annotations within the
+// caps of the annotations policy. A pod that skip selects is Skipped before
+// rules or annotations are looked at. The error (code 7) names each annotation
+// at fault, its value and the cap it broke; the conflist itself was checked
+// by Parse. The returned spec owns its Probes.
+func (c *Conf) Resolve(pod Pod) (Spec, error) {
+	s := c.Base
+	if field, entry, ok := c.Skip.match(pod); ok {
+		s.Probes = slices.Clone(s.Probes)
+		s.Skipped, s.SkipReason = true, fmt.Sprintf("skip.%s %q", field, entry)
+		return s, nil
+	}
+	for _, r := range c.Rules {
+		if _, _, ok := r.match(pod); ok {
+			r.apply(&s)
+			break
+		}
+	}
+	s.Probes = slices.Clone(s.Probes) // annotations append; Conf stays shared
+	if c.Annotations.Allow && len(pod.Annotations) > 0 {
+		if err := c.Annotations.apply(&s, pod.Annotations); err != nil {
+			return Spec{}, err
+		}
+	}
+	return s, nil
+}
+
+// match returns the field and entry that select pod, for the log.
+func (m Match) match(pod Pod) (field, entry string, ok bool) {
+	for _, ns := range m.Namespaces {
+		if ns == pod.Namespace {
+			return "namespaces", ns, true
+		}
+	}
+	for _, p := range m.Pods {
+		if ns, name, _ := strings.Cut(p, "/"); ns == pod.Namespace && glob(name, pod.Name) {
+			return "pods", p, true
+		}
+	}
+	return "", "", false
+}
+
+// glob matches s against pattern, where '*' stands for any run of characters.
+func glob(pattern, s string) bool {
+	prefix, rest, wild := strings.Cut(pattern, "*")
+	if !wild {
+		return pattern == s
+	}
+	if !strings.HasPrefix(s, prefix) {
+		return false
+	}
+	s = s[len(prefix):]
+	for {
+		chunk, more, wild := strings.Cut(rest, "*")
+		if !wild {
+			return strings.HasSuffix(s, chunk)
+		}
+		// Leftmost is enough: with '*' the only wildcard, an earlier match
+		// leaves at least as much of s for what follows.
+		i := strings.Index(s, chunk)
+		if i < 0 {
+			return false
+		}
+		s, rest = s[i+len(chunk):], more
+	}
+}
+
+func (r Rule) apply(s *Spec) {
+	if r.Probes != nil {
+		s.Probes = r.Probes
+	}
+	if r.Timeout != 0 {
+		s.Timeout = r.Timeout
+	}
+	if r.OnTimeout != "" {
+		s.OnTimeout = r.OnTimeout
+	}
+	if r.Gateway != nil {
+		s.Gateway = *r.Gateway
+	}
+	if r.DefaultRoute != nil {
+		s.DefaultRoute = *r.DefaultRoute
+	}
+}
+
+// apply adds what the annotations ask for to s, within the caps. An
+// annotation that would loosen the admin's settings beyond a cap fails rather
+// than being ignored, so that the pod's owner learns why at once.
+func (a AnnotationPolicy) apply(s *Spec, ann map[string]string) error {
+	var errs []string
+	fail := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Sprintf("pod annotation %q: ", clip(key))+fmt.Sprintf(format, args...))
+	}
+
+	var unknown []string
+	for k := range ann {
+		if strings.HasPrefix(k, annotationPrefix) && k != AnnotationProbes && k != AnnotationTimeout && k != AnnotationSkip {
+			unknown = append(unknown, k)
+		}
+	}
+	slices.Sort(unknown)
+	for _, k := range unknown {
+		known := []string{AnnotationProbes, AnnotationTimeout, AnnotationSkip}
+		if hint := closest(k, known); hint != "" {
+			fail(k, "unknown netready annotation; did you mean %q?", hint)
+		} else {
+			fail(k, "unknown netready annotation; netready reads %s", strings.Join(known, ", "))
+		}
+	}
+
+	if v, ok := ann[AnnotationProbes]; ok {
+		added := 0
+		for item := range strings.SplitSeq(v, ",") {
+			if item = strings.TrimSpace(item); item == "" {
+				continue
+			}
+			p, err := ParseProbe(item)
+			if err != nil {
+				fail(AnnotationProbes, "%v", err)
+				continue
+			}
+			// The pod's owner may not know what the node already checks:
+			// asking again for a configured probe is harmless.
+			if slices.ContainsFunc(s.Probes, func(q Probe) bool { return q.URL == p.URL }) {
+				continue
+			}
+			s.Probes = append(s.Probes, p)
+			added++
+		}
+		if added > 0 && len(s.Probes) > a.MaxProbes {
+			fail(AnnotationProbes, "adds %d probes, %d in all, more than annotations.maxProbes %d", added, len(s.Probes), a.MaxProbes)
+		}
+	}
+
+	if v, ok := ann[AnnotationTimeout]; ok {
+		t, err := time.ParseDuration(v)
+		switch {
+		case err != nil || t <= 0:
+			fail(AnnotationTimeout, `%q: want a positive Go duration such as "45s"`, clip(v))
+		case t > a.MaxTimeout:
+			fail(AnnotationTimeout, "%q is more than annotations.maxTimeout %s", v, a.MaxTimeout)
+		case t < s.AttemptTimeout:
+			fail(AnnotationTimeout, "%q is less than attemptTimeout %s, so no attempt could complete", v, s.AttemptTimeout)
+		default:
+			s.Timeout = t
+		}
+	}
+
+	if v, ok := ann[AnnotationSkip]; ok {
+		switch v {
+		case "false":
+		case "true":
+			if !a.AllowSkip {
+				fail(AnnotationSkip, `"true" is not allowed: annotations.allowSkip is false in the netready config`)
+			} else {
+				s.Skipped, s.SkipReason = true, "annotation "+AnnotationSkip
+			}
+		default:
+			fail(AnnotationSkip, `%q: want "true" or "false"`, clip(v))
+		}
+	}
+
+	if len(errs) > 0 {
+		return types.NewError(types.ErrInvalidNetworkConfig, "netready: "+strings.Join(errs, "; "), "")
+	}
+	return nil
+}

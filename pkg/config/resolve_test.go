@@ -1,0 +1,267 @@
+package config
+
+import (
+	"errors"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+const policyConf = `{
+  "type": "netready",
+  "probes": ["tcp://10.0.0.1:80"],
+  "skip": {"namespaces": ["kube-system"], "pods": ["default/debug-*", "web/*-canary"]},
+  "rules": [
+    {"namespaces": ["analytics"], "probes": ["tcp://10.0.0.2:8123"], "timeout": "60s"},
+    {"pods": ["db/postgres-*"], "onTimeout": "allow", "gateway": false, "defaultRoute": false},
+    {"namespaces": ["analytics", "db"], "probes": []}
+  ],
+  "annotations": {"allowSkip": true, "maxProbes": 3}
+}`
+
+func TestResolve(t *testing.T) {
+	c := mustParse(t, policyConf)
+	tcp1, tcp2, icmp9 := mustProbe(t, "tcp://10.0.0.1:80"), mustProbe(t, "tcp://10.0.0.2:8123"), mustProbe(t, "icmp://10.0.0.9")
+	ann := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	tests := []struct {
+		name string
+		pod  Pod
+		want func(s *Spec) // applied to the base spec
+	}{
+		{"no rule matches", Pod{Namespace: "default", Name: "web"}, func(s *Spec) {}},
+		{"outside kubernetes", Pod{}, func(s *Spec) {}},
+		{"skip namespace", Pod{Namespace: "kube-system", Name: "coredns-abc"}, func(s *Spec) {
+			s.Skipped, s.SkipReason = true, `skip.namespaces "kube-system"`
+		}},
+		{"skip pod prefix", Pod{Namespace: "default", Name: "debug-1"}, func(s *Spec) {
+			s.Skipped, s.SkipReason = true, `skip.pods "default/debug-*"`
+		}},
+		{"skip pod suffix", Pod{Namespace: "web", Name: "shop-canary"}, func(s *Spec) {
+			s.Skipped, s.SkipReason = true, `skip.pods "web/*-canary"`
+		}},
+		{"skip pod other namespace", Pod{Namespace: "web2", Name: "shop-canary"}, func(s *Spec) {}},
+		{"skip wins over annotations", Pod{Namespace: "kube-system", Name: "x", Annotations: ann(AnnotationTimeout, "junk")}, func(s *Spec) {
+			s.Skipped, s.SkipReason = true, `skip.namespaces "kube-system"`
+		}},
+		{"first rule", Pod{Namespace: "analytics", Name: "x"}, func(s *Spec) {
+			s.Probes, s.Timeout = []Probe{tcp2}, 60*time.Second
+		}},
+		{"second rule keeps probes", Pod{Namespace: "db", Name: "postgres-0"}, func(s *Spec) {
+			s.OnTimeout, s.Gateway, s.DefaultRoute = Allow, false, false
+		}},
+		{"third rule empties probes", Pod{Namespace: "db", Name: "redis-0"}, func(s *Spec) {
+			s.Probes = []Probe{}
+		}},
+		{"annotation probes added", Pod{Namespace: "default", Name: "web", Annotations: ann(AnnotationProbes, " icmp://10.0.0.9 ,, tcp://10.0.0.1:80,")}, func(s *Spec) {
+			s.Probes = []Probe{tcp1, icmp9}
+		}},
+		{"annotation probes after rule", Pod{Namespace: "analytics", Name: "x", Annotations: ann(AnnotationProbes, "icmp://10.0.0.9")}, func(s *Spec) {
+			s.Probes, s.Timeout = []Probe{tcp2, icmp9}, 60*time.Second
+		}},
+		{"annotation probes up to the cap", Pod{Namespace: "default", Name: "web", Annotations: ann(AnnotationProbes, "icmp://10.0.0.9,icmp://10.0.0.10")}, func(s *Spec) {
+			s.Probes = []Probe{tcp1, icmp9, mustProbe(t, "icmp://10.0.0.10")}
+		}},
+		{"annotation timeout", Pod{Namespace: "analytics", Name: "x", Annotations: ann(AnnotationTimeout, "45s")}, func(s *Spec) {
+			s.Probes, s.Timeout = []Probe{tcp2}, 45*time.Second
+		}},
+		{"annotation timeout at cap", Pod{Namespace: "default", Name: "web", Annotations: ann(AnnotationTimeout, "1m")}, func(s *Spec) {
+			s.Timeout = time.Minute
+		}},
+		{"annotation skip", Pod{Namespace: "default", Name: "web", Annotations: ann(AnnotationSkip, "true")}, func(s *Spec) {
+			s.Skipped, s.SkipReason = true, "annotation netready.dev/skip"
+		}},
+		{"annotation skip false", Pod{Namespace: "default", Name: "web", Annotations: ann(AnnotationSkip, "false")}, func(s *Spec) {}},
+		{"other annotations ignored", Pod{Namespace: "default", Name: "web", Annotations: ann("example.com/probes", "junk", "netready.dev", "x")}, func(s *Spec) {}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := c.Resolve(tt.pod)
+			if err != nil {
+				t.Fatalf("Resolve(%+v): %v", tt.pod, err)
+			}
+			want := c.Base
+			want.Probes = slices.Clone(want.Probes)
+			tt.want(&want)
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("Resolve(%+v)\n got %+v\nwant %+v", tt.pod, got, want)
+			}
+		})
+	}
+}
+
+func TestResolveErrors(t *testing.T) {
+	tests := []struct {
+		name, conf  string
+		annotations map[string]string
+		want        []string
+	}{
+		{"too many probes", policyConf, map[string]string{AnnotationProbes: "icmp://10.0.0.7,icmp://10.0.0.8,icmp://10.0.0.9"},
+			[]string{`pod annotation "netready.dev/probes": adds 3 probes, 4 in all, more than annotations.maxProbes 3`}},
+		{"maxProbes zero", `{"annotations": {"maxProbes": 0}}`, map[string]string{AnnotationProbes: "icmp://10.0.0.7"},
+			[]string{"more than annotations.maxProbes 0"}},
+		{"bad probe", policyConf, map[string]string{AnnotationProbes: "icmp://10.0.0.7, tcp://db.local:5432"},
+			[]string{`pod annotation "netready.dev/probes": probe "tcp://db.local:5432": host "db.local" is not an IP address`}},
+		{"timeout above cap", policyConf, map[string]string{AnnotationTimeout: "90s"},
+			[]string{`pod annotation "netready.dev/timeout": "90s" is more than annotations.maxTimeout 1m0s`}},
+		{"timeout below attemptTimeout", policyConf, map[string]string{AnnotationTimeout: "500ms"},
+			[]string{`pod annotation "netready.dev/timeout": "500ms" is less than attemptTimeout 1s`}},
+		{"timeout junk", policyConf, map[string]string{AnnotationTimeout: "soon"},
+			[]string{`pod annotation "netready.dev/timeout": "soon": want a positive Go duration`}},
+		{"timeout negative", policyConf, map[string]string{AnnotationTimeout: "-5s"},
+			[]string{`pod annotation "netready.dev/timeout": "-5s"`}},
+		{"skip not allowed", `{}`, map[string]string{AnnotationSkip: "true"},
+			[]string{`pod annotation "netready.dev/skip": "true" is not allowed: annotations.allowSkip is false`}},
+		{"skip junk", policyConf, map[string]string{AnnotationSkip: "yes"},
+			[]string{`pod annotation "netready.dev/skip": "yes": want "true" or "false"`}},
+		{"unknown annotation", policyConf, map[string]string{"netready.dev/probe": "icmp://10.0.0.7"},
+			[]string{`pod annotation "netready.dev/probe": unknown netready annotation; did you mean "netready.dev/probes"?`}},
+		{"every error at once", policyConf, map[string]string{AnnotationTimeout: "2m", AnnotationSkip: "1", "netready.dev/zzzz": ""},
+			[]string{`"netready.dev/timeout"`, `"netready.dev/skip"`, `"netready.dev/zzzz": unknown netready annotation; netready reads netready.dev/probes`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := mustParse(t, tt.conf)
+			s, err := c.Resolve(Pod{Namespace: "default", Name: "web", Annotations: tt.annotations})
+			if err == nil {
+				t.Fatalf("Resolve = %+v, want an error", s)
+			}
+			var te *types.Error
+			if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig {
+				t.Fatalf("error %v (%T), want a *types.Error with code 7", err, err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(te.Msg, w) {
+					t.Errorf("message\n %s\nwant it to contain\n %s", te.Msg, w)
+				}
+			}
+		})
+	}
+}
+
+func TestResolveAnnotationsNotAllowed(t *testing.T) {
+	c := mustParse(t, `{"annotations": {"allow": false}}`)
+	s, err := c.Resolve(Pod{Namespace: "default", Name: "web", Annotations: map[string]string{
+		AnnotationProbes: "icmp://x", AnnotationTimeout: "100s", AnnotationSkip: "true", "netready.dev/typo": "",
+	}})
+	if err != nil || !reflect.DeepEqual(s, c.Base) {
+		t.Errorf("Resolve = %+v, %v; want the base spec and no error", s, err)
+	}
+}
+
+func TestResolveUserinfoNeverShown(t *testing.T) {
+	c := mustParse(t, `{}`)
+	_, err := c.Resolve(Pod{Annotations: map[string]string{AnnotationProbes: "http://alice:s3cret@db.local/"}})
+	if err == nil || strings.Contains(err.Error(), "alice") || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("Resolve error = %v; want one without the userinfo", err)
+	}
+}
+
+// The gate may keep or change the spec it gets; the Conf serves the next pod.
+func TestResolveDoesNotShareProbes(t *testing.T) {
+	c := mustParse(t, policyConf)
+	base, rule := slices.Clone(c.Base.Probes), slices.Clone(c.Rules[0].Probes)
+	for _, pod := range []Pod{
+		{Namespace: "default", Name: "web", Annotations: map[string]string{AnnotationProbes: "icmp://10.0.0.9"}},
+		{Namespace: "default", Name: "web"},
+		{Namespace: "analytics", Name: "x"},
+		{Namespace: "kube-system", Name: "x"},
+	} {
+		s, err := c.Resolve(pod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range s.Probes {
+			s.Probes[i] = Probe{}
+		}
+		_ = append(s.Probes, Probe{})
+	}
+	if !reflect.DeepEqual(c.Base.Probes, base) || !reflect.DeepEqual(c.Rules[0].Probes, rule) {
+		t.Errorf("Resolve let its caller change the Conf: %+v %+v", c.Base.Probes, c.Rules[0].Probes)
+	}
+}
+
+func TestPod(t *testing.T) {
+	c := mustParse(t, `{"runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"a": "b"}}}`)
+	got := c.Pod("IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-7c6b;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u;junk")
+	want := Pod{Namespace: "kube-system", Name: "coredns-7c6b", Annotations: map[string]string{"a": "b"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Pod = %+v, want %+v", got, want)
+	}
+	if got := c.Pod(""); got.Namespace != "" || got.Name != "" {
+		t.Errorf(`Pod("") = %+v`, got)
+	}
+}
+
+func TestGlob(t *testing.T) {
+	tests := []struct {
+		pattern, s string
+		want       bool
+	}{
+		{"web", "web", true},
+		{"web", "web-1", false},
+		{"*", "", true},
+		{"*", "anything", true},
+		{"coredns-*", "coredns-7c6b", true},
+		{"coredns-*", "coredns-", true},
+		{"coredns-*", "coredn", false},
+		{"*-canary", "shop-canary", true},
+		{"*-canary", "shop-canary-2", false},
+		{"a*b*c", "abc", true},
+		{"a*b*c", "axxbyyc", true},
+		{"a*b*c", "acb", false},
+		{"a*a", "a", false},
+		{"a*a", "aa", true},
+		{"**", "x", true},
+		{"x*x*x", "xxx", true},
+		{"x*x*x", "xx", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.pattern+" "+tt.s, func(t *testing.T) {
+			if got := glob(tt.pattern, tt.s); got != tt.want {
+				t.Errorf("glob(%q, %q) = %v, want %v", tt.pattern, tt.s, got, tt.want)
+			}
+		})
+	}
+}
+
+func BenchmarkParse(b *testing.B) {
+	data := []byte(designExample)
+	for b.Loop() {
+		if _, err := Parse(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkResolve(b *testing.B) {
+	c := mustParse(b, designExample)
+	for _, bc := range []struct {
+		name string
+		pod  Pod
+	}{
+		{"base", Pod{Namespace: "default", Name: "web-7d9f"}},
+		{"rule", Pod{Namespace: "analytics", Name: "clickhouse-0"}},
+		{"annotations", Pod{Namespace: "analytics", Name: "clickhouse-0", Annotations: map[string]string{
+			AnnotationProbes: "tcp://10.15.21.168:9000,icmp://10.15.21.2", AnnotationTimeout: "45s", "kubernetes.io/config.seen": "x",
+		}}},
+		{"skip", Pod{Namespace: "kube-system", Name: "coredns-7c6b"}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := c.Resolve(bc.pod); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
