@@ -169,15 +169,10 @@ func Parse(stdin []byte) (*Conf, error) {
 		if b.Interval > b.MaxInterval {
 			d.errorf("interval", `%s is more than "maxInterval" %s: attempts start at interval and back off to maxInterval`, b.Interval, b.MaxInterval)
 		}
-		if b.AttemptTimeout > b.Timeout {
-			d.errorf("attemptTimeout", `%s is more than "timeout" %s, so no attempt could complete`, b.AttemptTimeout, b.Timeout)
-		}
-		for i, r := range c.Rules {
-			if r.Timeout != 0 && r.Timeout < b.AttemptTimeout {
-				d.errorf(fmt.Sprintf("rules[%d].timeout", i), `%s is less than "attemptTimeout" %s, so no attempt could complete`, r.Timeout, b.AttemptTimeout)
-			}
-		}
 	}
+	// An attempt never outlives the whole wait: a short timeout (set here,
+	// by a rule or by an annotation) shortens the attempts too.
+	b.AttemptTimeout = min(b.AttemptTimeout, b.Timeout)
 	if len(d.errs) > 0 {
 		return nil, &types.Error{Code: types.ErrInvalidNetworkConfig, Msg: "netready config: " + strings.Join(d.errs, "; ")}
 	}

@@ -68,6 +68,7 @@ func (c *Conf) Resolve(pod Pod) (Spec, error) {
 			return Spec{}, err
 		}
 	}
+	s.AttemptTimeout = min(s.AttemptTimeout, s.Timeout)
 	return s, nil
 }
 
@@ -185,8 +186,6 @@ func (a AnnotationPolicy) apply(s *Spec, ann map[string]string) error {
 			fail(AnnotationTimeout, `%q: want a positive Go duration such as "45s"`, clip(v))
 		case t > a.MaxTimeout:
 			fail(AnnotationTimeout, "%q is more than annotations.maxTimeout %s", v, a.MaxTimeout)
-		case t < s.AttemptTimeout:
-			fail(AnnotationTimeout, "%q is less than attemptTimeout %s, so no attempt could complete", v, s.AttemptTimeout)
 		default:
 			s.Timeout = t
 		}

@@ -113,8 +113,6 @@ func TestResolveErrors(t *testing.T) {
 			[]string{`pod annotation "netready.dev/probes": probe "tcp://db.local:5432": host "db.local" is not an IP address`}},
 		{"timeout above cap", policyConf, map[string]string{AnnotationTimeout: "90s"},
 			[]string{`pod annotation "netready.dev/timeout": "90s" is more than annotations.maxTimeout 1m0s`}},
-		{"timeout below attemptTimeout", policyConf, map[string]string{AnnotationTimeout: "500ms"},
-			[]string{`pod annotation "netready.dev/timeout": "500ms" is less than attemptTimeout 1s`}},
 		{"timeout junk", policyConf, map[string]string{AnnotationTimeout: "soon"},
 			[]string{`pod annotation "netready.dev/timeout": "soon": want a positive Go duration`}},
 		{"timeout negative", policyConf, map[string]string{AnnotationTimeout: "-5s"},

@@ -1,0 +1,142 @@
+// Package podcheck runs the gate against a real pod: it turns a resolved
+// spec and what the previous plugins set up into conditions read through
+// netlink and probes sent from inside the pod's netns.
+package podcheck
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	"github.com/netready/netready/pkg/config"
+	"github.com/netready/netready/pkg/gate"
+	"github.com/netready/netready/pkg/netstate"
+	"github.com/netready/netready/pkg/probe"
+)
+
+// Pod is what the previous plugins in the chain set up for the pod.
+type Pod struct {
+	NetNS    string       // path of the pod's netns
+	Links    []Link       // the sandbox interfaces
+	Gateways []netip.Addr // gateways of the pod's addresses
+}
+
+// Link is one sandbox interface and its addresses.
+type Link struct {
+	Name  string
+	Addrs []netip.Addr
+}
+
+// families reports which address families the pod has addresses in.
+func (p Pod) families() (v4, v6 bool) {
+	for _, l := range p.Links {
+		for _, a := range l.Addrs {
+			if a.Is4() {
+				v4 = true
+			} else {
+				v6 = true
+			}
+		}
+	}
+	return v4, v6
+}
+
+// Run opens the pod's netns and waits, within ctx, until every condition
+// of spec holds. The error is for what prevents gating at all (a missing
+// netns); unmet conditions are in the report.
+func Run(ctx context.Context, spec config.Spec, pod Pod) (*gate.Report, error) {
+	view, err := netstate.Open(pod.NetNS)
+	if err != nil {
+		return nil, err
+	}
+	defer view.Close()
+	sockets, err := probe.OpenNetNS(pod.NetNS)
+	if err != nil {
+		return nil, err
+	}
+	defer sockets.Close()
+
+	// Watch before the first evaluation, so no change falls in between.
+	podChanged := make(chan struct{}, 1)
+	pw, err := netstate.WatchNetNS(pod.NetNS, podChanged)
+	if err != nil {
+		return nil, err
+	}
+	defer pw.Close()
+	nodeChanged := make(chan struct{}, 1)
+	nw, err := netstate.WatchNode(nodeChanged)
+	if err != nil {
+		return nil, err
+	}
+	defer nw.Close()
+
+	conds, err := Conditions(spec, pod, view, sockets)
+	if err != nil {
+		return nil, err
+	}
+	return gate.Run(ctx, conds, gate.Options{
+		Interval:       spec.Interval,
+		MaxInterval:    spec.MaxInterval,
+		AttemptTimeout: spec.AttemptTimeout,
+		PodChanged:     podChanged,
+		NodeChanged:    nodeChanged,
+	}), nil
+}
+
+// Conditions lists what must hold, local conditions first, in the order an
+// operator reads them: links, addresses, default routes, the gateway, then
+// each probe's route and the probe itself.
+func Conditions(spec config.Spec, pod Pod, view *netstate.NetNS, sockets probe.Sockets) ([]gate.Condition, error) {
+	var conds []gate.Condition
+	local := func(name string, check func() error) {
+		conds = append(conds, gate.Condition{Name: name, Kind: gate.Local, Check: func(context.Context) error { return check() }})
+	}
+	for _, l := range pod.Links {
+		local("link "+l.Name, func() error { return view.LinkUp(l.Name) })
+		for _, a := range l.Addrs {
+			local(fmt.Sprintf("address %s on %s", a, l.Name), func() error { return view.AddrReady(l.Name, a) })
+		}
+	}
+	if spec.DefaultRoute {
+		v4, v6 := pod.families()
+		if v4 {
+			local("IPv4 default route", func() error { return view.DefaultRoute(true) })
+		}
+		if v6 {
+			local("IPv6 default route", func() error { return view.DefaultRoute(false) })
+		}
+	}
+
+	var active []gate.Condition
+	addProbe := func(name string, p config.Probe) error {
+		pr, err := probe.New(p, sockets)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		active = append(active, gate.Condition{Name: name, Kind: gate.Active, Check: pr.Attempt})
+		return nil
+	}
+	if spec.Gateway {
+		for _, gw := range pod.Gateways {
+			host := gw.String()
+			if gw.Is6() {
+				host = "[" + host + "]"
+			}
+			p := config.Probe{Scheme: config.ICMP, Addr: gw, URL: "icmp://" + host}
+			if err := addProbe("gateway "+gw.String(), p); err != nil {
+				return nil, err
+			}
+		}
+	}
+	routed := map[netip.Addr]bool{}
+	for _, p := range spec.Probes {
+		if !routed[p.Addr] {
+			routed[p.Addr] = true
+			local("route to "+p.Addr.String(), func() error { return view.RouteTo(p.Addr) })
+		}
+		if err := addProbe(p.URL, p); err != nil {
+			return nil, err
+		}
+	}
+	return append(conds, active...), nil
+}

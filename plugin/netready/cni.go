@@ -1,0 +1,225 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	cniversion "github.com/containernetworking/cni/pkg/version"
+	cnins "github.com/containernetworking/cni/pkg/ns"
+
+	"github.com/netready/netready/pkg/config"
+	"github.com/netready/netready/pkg/gate"
+	"github.com/netready/netready/pkg/podcheck"
+)
+
+// checkBudget caps CHECK: the runtime asks whether the network still works,
+// it does not wait for it to come up.
+const checkBudget = 2 * time.Second
+
+type plugin struct {
+	start  time.Time
+	stderr io.Writer // where the log goes when the config names no logFile
+}
+
+// add gates the pod: parse, resolve the pod's spec, wait, pass the result on.
+func (p *plugin) add(args *skel.CmdArgs) error {
+	rec := p.newRecord("ADD", args)
+	defer rec.write()
+	conf, prev, err := parse(args.StdinData)
+	if err != nil {
+		return rec.fail(err)
+	}
+	rec.logFile = conf.LogFile
+	pod := conf.Pod(args.Args)
+	rec.setPod(pod)
+	spec, err := conf.Resolve(pod)
+	if err != nil {
+		return rec.fail(err)
+	}
+	if !spec.Skipped {
+		if err := p.gate(rec, args, spec, prev, spec.Timeout); err != nil {
+			return rec.fail(err)
+		}
+	} else {
+		rec.outcome, rec.reason = "skipped", spec.SkipReason
+	}
+	// The answer is the previous plugin's result, untouched, in the
+	// list's version.
+	return types.PrintResult(conf.PrevResult, conf.CNIVersion)
+}
+
+// check runs the gate again with a short budget.
+func (p *plugin) check(args *skel.CmdArgs) error {
+	rec := p.newRecord("CHECK", args)
+	defer rec.write()
+	conf, prev, err := parse(args.StdinData)
+	if err != nil {
+		return rec.fail(err)
+	}
+	rec.logFile = conf.LogFile
+	pod := conf.Pod(args.Args)
+	rec.setPod(pod)
+	spec, err := conf.Resolve(pod)
+	if err != nil {
+		return rec.fail(err)
+	}
+	if spec.Skipped {
+		rec.outcome, rec.reason = "skipped", spec.SkipReason
+		return nil
+	}
+	return rec.fail(p.gate(rec, args, spec, prev, min(spec.Timeout, checkBudget)))
+}
+
+// del always succeeds: netready created nothing, so there is nothing to
+// remove, and a failing DEL would only keep the runtime from cleaning up.
+func (p *plugin) del(args *skel.CmdArgs) error {
+	rec := p.newRecord("DEL", args)
+	if conf, err := config.Parse(args.StdinData); err == nil {
+		rec.logFile = conf.LogFile
+	}
+	rec.write()
+	return nil
+}
+
+// status succeeds when the configuration is valid.
+func (p *plugin) status(args *skel.CmdArgs) error {
+	_, err := config.Parse(args.StdinData)
+	return err
+}
+
+// gc succeeds: netready keeps no state to collect.
+func (p *plugin) gc(*skel.CmdArgs) error { return nil }
+
+// parse reads the plugin object and the previous plugin's result.
+func parse(stdin []byte) (*config.Conf, *current.Result, error) {
+	conf, err := config.Parse(stdin)
+	if err != nil {
+		return nil, nil, err
+	}
+	if conf.RawPrevResult == nil {
+		return nil, nil, types.NewError(types.ErrInvalidNetworkConfig,
+			"netready must be chained after the plugin that creates the pod's interface: no prevResult in its config; put it last in the plugins list", "")
+	}
+	if err := cniversion.ParsePrevResult(&conf.NetConf); err != nil {
+		return nil, nil, types.NewError(types.ErrDecodingFailure, "prevResult: "+err.Error(), "")
+	}
+	prev, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return nil, nil, types.NewError(types.ErrDecodingFailure, "prevResult: "+err.Error(), "")
+	}
+	return conf, prev, nil
+}
+
+// gate waits until the pod's network works or budget (counted from the
+// plugin's start) runs out.
+func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *current.Result, budget time.Duration) error {
+	pod, err := podFromResult(args, prev)
+	if err != nil {
+		return err
+	}
+	// Gating the plugin's own netns would probe from the node itself.
+	if own, cerr := cnins.CheckNetNS(args.Netns); cerr != nil {
+		return cerr
+	} else if own {
+		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS "+args.Netns+" is the plugin's own netns, not a pod's", "")
+	}
+
+	ctx, cancel := context.WithDeadline(context.Background(), p.start.Add(budget))
+	defer cancel()
+	// The runtime stops a plugin with SIGTERM (or kills it at its own
+	// deadline): end the wait and answer rather than die mid-sentence.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	report, err := podcheck.Run(ctx, spec, pod)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetNS, err.Error(), "")
+	}
+	rec.report = report
+	waited := time.Since(p.start).Round(time.Millisecond)
+	switch {
+	case report.Ready():
+		rec.outcome = "ready"
+		return nil
+	case report.Err != nil && errors.Is(report.Err, context.Canceled):
+		rec.outcome = "interrupted"
+		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("interrupted after %v while waiting for: %s", waited, report.Summary()), details(report))
+	case report.Err != nil:
+		rec.outcome = "failed"
+		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod network cannot become ready: %s", report.Summary()), details(report))
+	case spec.OnTimeout == config.Allow:
+		rec.outcome, rec.level = "timeout-allowed", levelWarn
+		return nil
+	}
+	rec.outcome = "timeout"
+	return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod network not ready after %v: %s", waited, report.Summary()), details(report))
+}
+
+// podFromResult takes the sandbox interfaces, their addresses and gateways
+// from prevResult.
+func podFromResult(args *skel.CmdArgs, prev *current.Result) (podcheck.Pod, error) {
+	pod := podcheck.Pod{NetNS: args.Netns}
+	index := map[int]int{} // prevResult interface index -> pod.Links index
+	for i, iface := range prev.Interfaces {
+		if iface != nil && iface.Sandbox != "" {
+			index[i] = len(pod.Links)
+			pod.Links = append(pod.Links, podcheck.Link{Name: iface.Name})
+		}
+	}
+	for i, ip := range prev.IPs {
+		if ip == nil {
+			continue
+		}
+		addr, ok := netip.AddrFromSlice(ip.Address.IP)
+		if !ok {
+			return pod, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: ips[%d] has no address", i), "")
+		}
+		addr = addr.Unmap()
+		link := -1
+		switch {
+		case ip.Interface != nil && (*ip.Interface < 0 || *ip.Interface >= len(prev.Interfaces)):
+			return pod, types.NewError(types.ErrInvalidNetworkConfig,
+				fmt.Sprintf("prevResult: ips[%d].interface is %d, but there are %d interfaces", i, *ip.Interface, len(prev.Interfaces)), "")
+		case ip.Interface != nil:
+			if l, ok := index[*ip.Interface]; ok {
+				link = l
+			}
+		default:
+			// Old results carry no interface index: the address is on
+			// the interface the runtime asked for.
+			for l, lk := range pod.Links {
+				if lk.Name == args.IfName {
+					link = l
+				}
+			}
+		}
+		if link < 0 {
+			continue // an address on a host-side interface is not the pod's
+		}
+		pod.Links[link].Addrs = append(pod.Links[link].Addrs, addr)
+		if gw, ok := netip.AddrFromSlice(ip.Gateway); ok {
+			pod.Gateways = append(pod.Gateways, gw.Unmap())
+		}
+	}
+	return pod, nil
+}
+
+// details is the report as JSON, for the error's details field.
+func details(r *gate.Report) string {
+	b, err := json.Marshal(conditionLogs(r))
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+

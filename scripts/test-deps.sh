@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what netready's tests need on a Debian machine, as root: iproute2
+# (ip netns), nftables (the tests' fault injection and the node watcher's
+# nftables events) and iptables (portmap's rules). Go itself must already be
+# on the machine; the Go modules the tests build (the reference CNI plugins)
+# are pinned in go.mod and fetched by the go command.
+set -euo pipefail
+
+need=()
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+
+if [ "${#need[@]}" -gt 0 ]; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "test-deps: missing ${need[*]}; run as root to install them" >&2
+		exit 1
+	fi
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+command -v go >/dev/null 2>&1 || { echo "test-deps: go not found on PATH (install Go 1.26 or newer)" >&2; exit 1; }
+go mod download
