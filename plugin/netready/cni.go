@@ -11,11 +11,11 @@ import (
 	"syscall"
 	"time"
 
+	cnins "github.com/containernetworking/cni/pkg/ns"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	cniversion "github.com/containernetworking/cni/pkg/version"
-	cnins "github.com/containernetworking/cni/pkg/ns"
 
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
@@ -222,4 +222,3 @@ func details(r *gate.Report) string {
 	}
 	return string(b)
 }
-

@@ -20,16 +20,16 @@ const levelWarn = slog.LevelWarn
 // record collects what one invocation logs: exactly one JSON line, written
 // when the verb is done.
 type record struct {
-	p         *plugin
-	verb      string
-	args      *skel.CmdArgs
-	logFile   string
-	pod       string // namespace/name, when the runtime said
-	outcome   string
-	reason    string
-	level     slog.Level
-	report    *gate.Report
-	err       error
+	p       *plugin
+	verb    string
+	args    *skel.CmdArgs
+	logFile string
+	pod     string // namespace/name, when the runtime said
+	outcome string
+	reason  string
+	level   slog.Level
+	report  *gate.Report
+	err     error
 }
 
 func (p *plugin) newRecord(verb string, args *skel.CmdArgs) *record {
