@@ -329,6 +329,10 @@ func (d *decoder) probes(path string, raw json.RawMessage) []Probe {
 	if !ok {
 		return nil
 	}
+	origin := "config"
+	if path != "probes" {
+		origin = strings.TrimSuffix(path, ".probes")
+	}
 	ps := make([]Probe, 0, len(urls))
 	first := make(map[string]int, len(urls))
 	for i, u := range urls {
@@ -343,6 +347,7 @@ func (d *decoder) probes(path string, raw json.RawMessage) []Probe {
 			continue
 		}
 		first[p.URL] = i
+		p.Origin = origin
 		ps = append(ps, p)
 	}
 	return ps

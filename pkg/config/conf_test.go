@@ -46,6 +46,12 @@ func mustProbe(t testing.TB, s string) Probe {
 	return p
 }
 
+// from sets the origin Parse or Resolve records for a probe.
+func from(p Probe, origin string) Probe {
+	p.Origin = origin
+	return p
+}
+
 func TestParseDefaults(t *testing.T) {
 	c := mustParse(t, `{"type": "netready"}`)
 	want := Spec{
@@ -78,7 +84,7 @@ func TestParseDesignExample(t *testing.T) {
 		OnTimeout:      Fail,
 		Gateway:        true,
 		DefaultRoute:   true,
-		Probes:         []Probe{mustProbe(t, "tcp://10.15.21.167:9000"), mustProbe(t, "icmp://10.15.21.1")},
+		Probes:         []Probe{from(mustProbe(t, "tcp://10.15.21.167:9000"), "config"), from(mustProbe(t, "icmp://10.15.21.1"), "config")},
 		Interval:       10 * time.Millisecond,
 		MaxInterval:    40 * time.Millisecond,
 		AttemptTimeout: time.Second,
@@ -91,7 +97,7 @@ func TestParseDesignExample(t *testing.T) {
 	}
 	wantRules := []Rule{{
 		Match:   Match{Namespaces: []string{"analytics"}},
-		Probes:  []Probe{mustProbe(t, "tcp://10.15.21.167:8123")},
+		Probes:  []Probe{from(mustProbe(t, "tcp://10.15.21.167:8123"), "rules[0]")},
 		Timeout: 60 * time.Second,
 	}}
 	if !reflect.DeepEqual(c.Rules, wantRules) {

@@ -71,15 +71,15 @@ func FuzzParse(f *testing.F) {
 		}
 		seen := map[string]bool{}
 		for _, p := range b.Probes {
-			if again, err := ParseProbe(p.URL); err != nil || again != p || seen[p.URL] {
+			if again, err := ParseProbe(p.URL); err != nil || from(again, "config") != p || seen[p.URL] {
 				t.Fatalf("probe %+v does not re-parse to itself or is a duplicate", p)
 			}
 			seen[p.URL] = true
 		}
 		for _, pod := range []Pod{
-			{},
-			c.Pod("K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-7c6b"),
-			c.Pod("K8S_POD_NAMESPACE=default;K8S_POD_NAME=web"),
+			{Annotations: c.RuntimeConfig.PodAnnotations},
+			{Namespace: "kube-system", Name: "coredns-7c6b", Annotations: c.RuntimeConfig.PodAnnotations},
+			{Namespace: "default", Name: "web", Annotations: c.RuntimeConfig.PodAnnotations},
 		} {
 			s, err := c.Resolve(pod)
 			if err != nil {

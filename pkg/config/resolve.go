@@ -28,19 +28,37 @@ type Pod struct {
 
 // Pod returns the pod that cniArgs (CNI_ARGS) names through K8S_POD_NAMESPACE
 // and K8S_POD_NAME, as containerd and CRI-O set them for Kubernetes sandboxes,
-// with the annotations the runtime passed in runtimeConfig. Outside Kubernetes
-// both names are empty, which no skip entry or rule matches.
-func (c *Conf) Pod(cniArgs string) Pod {
+// with the annotations the runtime passed in runtimeConfig. Other keys
+// (IgnoreUnknown, K8S_POD_UID, ...) are ignored, in any order. Outside
+// Kubernetes both names are empty, which no skip entry or rule matches. A
+// pair without '=' or a name given twice is an error (code 4) naming CNI_ARGS.
+func (c *Conf) Pod(cniArgs string) (Pod, error) {
 	pod := Pod{Annotations: c.RuntimeConfig.PodAnnotations}
+	var seenNS, seenName bool
 	for pair := range strings.SplitSeq(cniArgs, ";") {
-		switch k, v, _ := strings.Cut(pair, "="); k {
-		case "K8S_POD_NAMESPACE":
-			pod.Namespace = v
-		case "K8S_POD_NAME":
-			pod.Name = v
+		if pair == "" {
+			continue // "a=b;" from a runtime that ends every pair with ';'
 		}
+		k, v, ok := strings.Cut(pair, "=")
+		if !ok || k == "" {
+			return Pod{}, types.NewError(types.ErrInvalidEnvironmentVariables,
+				fmt.Sprintf("CNI_ARGS: %q is not KEY=VALUE; want pairs such as K8S_POD_NAMESPACE=default;K8S_POD_NAME=web", clip(pair)), "")
+		}
+		var seen *bool
+		switch k {
+		case "K8S_POD_NAMESPACE":
+			pod.Namespace, seen = v, &seenNS
+		case "K8S_POD_NAME":
+			pod.Name, seen = v, &seenName
+		default:
+			continue
+		}
+		if *seen {
+			return Pod{}, types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS: %s given twice", k), "")
+		}
+		*seen = true
 	}
-	return pod
+	return pod, nil
 }
 
 // Resolve returns the spec the gate enforces for pod: the base spec, then
@@ -56,16 +74,24 @@ func (c *Conf) Resolve(pod Pod) (Spec, error) {
 		s.Skipped, s.SkipReason = true, fmt.Sprintf("skip.%s %q", field, entry)
 		return s, nil
 	}
-	for _, r := range c.Rules {
+	for i, r := range c.Rules {
 		if _, _, ok := r.match(pod); ok {
 			r.apply(&s)
+			s.Rule = fmt.Sprintf("rules[%d]", i)
 			break
 		}
 	}
 	s.Probes = slices.Clone(s.Probes) // annotations append; Conf stays shared
-	if c.Annotations.Allow && len(pod.Annotations) > 0 {
+	switch {
+	case c.Annotations.Allow && len(pod.Annotations) > 0:
 		if err := c.Annotations.apply(&s, pod.Annotations); err != nil {
 			return Spec{}, err
+		}
+	case !c.Annotations.Allow:
+		for k := range pod.Annotations {
+			if strings.HasPrefix(k, annotationPrefix) {
+				s.AnnotationsIgnored = true
+			}
 		}
 	}
 	s.AttemptTimeout = min(s.AttemptTimeout, s.Timeout)
@@ -171,6 +197,7 @@ func (a AnnotationPolicy) apply(s *Spec, ann map[string]string) error {
 			if slices.ContainsFunc(s.Probes, func(q Probe) bool { return q.URL == p.URL }) {
 				continue
 			}
+			p.Origin = "annotation"
 			s.Probes = append(s.Probes, p)
 			added++
 		}

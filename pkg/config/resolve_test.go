@@ -25,7 +25,9 @@ const policyConf = `{
 
 func TestResolve(t *testing.T) {
 	c := mustParse(t, policyConf)
-	tcp1, tcp2, icmp9 := mustProbe(t, "tcp://10.0.0.1:80"), mustProbe(t, "tcp://10.0.0.2:8123"), mustProbe(t, "icmp://10.0.0.9")
+	tcp1 := from(mustProbe(t, "tcp://10.0.0.1:80"), "config")
+	tcp2 := from(mustProbe(t, "tcp://10.0.0.2:8123"), "rules[0]")
+	icmp9 := from(mustProbe(t, "icmp://10.0.0.9"), "annotation")
 	ann := func(kv ...string) map[string]string {
 		m := map[string]string{}
 		for i := 0; i < len(kv); i += 2 {
@@ -54,25 +56,25 @@ func TestResolve(t *testing.T) {
 			s.Skipped, s.SkipReason = true, `skip.namespaces "kube-system"`
 		}},
 		{"first rule", Pod{Namespace: "analytics", Name: "x"}, func(s *Spec) {
-			s.Probes, s.Timeout = []Probe{tcp2}, 60*time.Second
+			s.Probes, s.Timeout, s.Rule = []Probe{tcp2}, 60*time.Second, "rules[0]"
 		}},
 		{"second rule keeps probes", Pod{Namespace: "db", Name: "postgres-0"}, func(s *Spec) {
-			s.OnTimeout, s.Gateway, s.DefaultRoute = Allow, false, false
+			s.OnTimeout, s.Gateway, s.DefaultRoute, s.Rule = Allow, false, false, "rules[1]"
 		}},
 		{"third rule empties probes", Pod{Namespace: "db", Name: "redis-0"}, func(s *Spec) {
-			s.Probes = []Probe{}
+			s.Probes, s.Rule = []Probe{}, "rules[2]"
 		}},
 		{"annotation probes added", Pod{Namespace: "default", Name: "web", Annotations: ann(AnnotationProbes, " icmp://10.0.0.9 ,, tcp://10.0.0.1:80,")}, func(s *Spec) {
 			s.Probes = []Probe{tcp1, icmp9}
 		}},
 		{"annotation probes after rule", Pod{Namespace: "analytics", Name: "x", Annotations: ann(AnnotationProbes, "icmp://10.0.0.9")}, func(s *Spec) {
-			s.Probes, s.Timeout = []Probe{tcp2, icmp9}, 60*time.Second
+			s.Probes, s.Timeout, s.Rule = []Probe{tcp2, icmp9}, 60*time.Second, "rules[0]"
 		}},
 		{"annotation probes up to the cap", Pod{Namespace: "default", Name: "web", Annotations: ann(AnnotationProbes, "icmp://10.0.0.9,icmp://10.0.0.10")}, func(s *Spec) {
-			s.Probes = []Probe{tcp1, icmp9, mustProbe(t, "icmp://10.0.0.10")}
+			s.Probes = []Probe{tcp1, icmp9, from(mustProbe(t, "icmp://10.0.0.10"), "annotation")}
 		}},
 		{"annotation timeout", Pod{Namespace: "analytics", Name: "x", Annotations: ann(AnnotationTimeout, "45s")}, func(s *Spec) {
-			s.Probes, s.Timeout = []Probe{tcp2}, 45*time.Second
+			s.Probes, s.Timeout, s.Rule = []Probe{tcp2}, 45*time.Second, "rules[0]"
 		}},
 		{"annotation timeout at cap", Pod{Namespace: "default", Name: "web", Annotations: ann(AnnotationTimeout, "1m")}, func(s *Spec) {
 			s.Timeout = time.Minute
@@ -151,8 +153,10 @@ func TestResolveAnnotationsNotAllowed(t *testing.T) {
 	s, err := c.Resolve(Pod{Namespace: "default", Name: "web", Annotations: map[string]string{
 		AnnotationProbes: "icmp://x", AnnotationTimeout: "100s", AnnotationSkip: "true", "netready.dev/typo": "",
 	}})
-	if err != nil || !reflect.DeepEqual(s, c.Base) {
-		t.Errorf("Resolve = %+v, %v; want the base spec and no error", s, err)
+	want := c.Base
+	want.AnnotationsIgnored = true
+	if err != nil || !reflect.DeepEqual(s, want) {
+		t.Errorf("Resolve = %+v, %v; want the base spec, annotations noted as ignored, and no error", s, err)
 	}
 }
 
@@ -190,13 +194,35 @@ func TestResolveDoesNotShareProbes(t *testing.T) {
 
 func TestPod(t *testing.T) {
 	c := mustParse(t, `{"runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"a": "b"}}}`)
-	got := c.Pod("IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-7c6b;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u;junk")
-	want := Pod{Namespace: "kube-system", Name: "coredns-7c6b", Annotations: map[string]string{"a": "b"}}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("Pod = %+v, want %+v", got, want)
+	tests := []struct {
+		name, args string
+		want       Pod
+		wantErr    string
+	}{
+		{"containerd", "IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-7c6b;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u",
+			Pod{Namespace: "kube-system", Name: "coredns-7c6b"}, ""},
+		{"any order, trailing separator", "K8S_POD_NAME=web;FOO=bar=baz;K8S_POD_NAMESPACE=default;", Pod{Namespace: "default", Name: "web"}, ""},
+		{"none", "", Pod{}, ""},
+		{"only other keys", "IgnoreUnknown=1", Pod{}, ""},
+		{"pair without =", "K8S_POD_NAMESPACE=default;junk", Pod{}, `CNI_ARGS: "junk" is not KEY=VALUE`},
+		{"empty key", "=x", Pod{}, `CNI_ARGS: "=x" is not KEY=VALUE`},
+		{"namespace twice", "K8S_POD_NAMESPACE=a;K8S_POD_NAMESPACE=b", Pod{}, "CNI_ARGS: K8S_POD_NAMESPACE given twice"},
 	}
-	if got := c.Pod(""); got.Namespace != "" || got.Name != "" {
-		t.Errorf(`Pod("") = %+v`, got)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := c.Pod(tt.args)
+			if tt.wantErr != "" {
+				var te *types.Error
+				if !errors.As(err, &te) || te.Code != types.ErrInvalidEnvironmentVariables || !strings.Contains(te.Msg, tt.wantErr) {
+					t.Fatalf("Pod(%q) error = %v, want code 4 containing %q", tt.args, err, tt.wantErr)
+				}
+				return
+			}
+			tt.want.Annotations = map[string]string{"a": "b"}
+			if err != nil || !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("Pod(%q) = %+v, %v; want %+v", tt.args, got, err, tt.want)
+			}
+		})
 	}
 }
 

@@ -36,6 +36,10 @@ type Probe struct {
 
 	// URL is the canonical form, without userinfo, safe to log and to show in errors.
 	URL string
+
+	// Origin says where the probe came from, for the log and explain:
+	// "config", "rules[N]" or "annotation". ParseProbe leaves it empty.
+	Origin string
 }
 
 // String returns the canonical, log-safe URL.
@@ -72,4 +76,10 @@ type Spec struct {
 	// Skipped pods are passed through ungated; SkipReason says why.
 	Skipped    bool
 	SkipReason string
+
+	// Rule names the rule that applied ("rules[N]"), "" when none did.
+	Rule string
+	// AnnotationsIgnored is set when the pod has netready.dev/ annotations
+	// but the config's annotations.allow is false.
+	AnnotationsIgnored bool
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -30,12 +31,17 @@ const usage = `netready: a chained CNI plugin that holds ADD until the pod's net
 
 Run by a container runtime (CNI_COMMAND set), it speaks CNI. Run by hand:
 
-  netready check --netns PATH --conf FILE [--pod NS/NAME] [--timeout DUR]
+  netready check --netns PATH --conf FILE [--pod NS/NAME] [--annotation K=V ...] [--timeout DUR]
       Wait, as ADD would, until the netns's network is ready, and print each
       condition and when it held. FILE is a conflist (its netready entry is
       used) or a netready plugin object. The links, addresses and gateways
       are read from the netns itself. Exit 0 ready, 1 not ready, 2 usage or
       config error.
+  netready explain --conf FILE [--pod NS/NAME] [--annotation K=V ...] [--json]
+      Print the spec netready would enforce for that pod (probes and where
+      each came from, timeout, onTimeout, gateway, defaultRoute, skipped or
+      not and why) without touching any network. Exit 0 when the config and
+      annotations are valid, 2 with the error otherwise.
   netready version
       Print the version (also --version).
   netready help
@@ -50,6 +56,8 @@ func runCLI(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "check":
 		return cliCheck(args[1:], stdout, stderr)
+	case "explain":
+		return cliExplain(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "netready %s (CNI %s)\n", version, strings.Join(supported.SupportedVersions(), ", "))
 		return exitReady
@@ -68,6 +76,8 @@ func cliCheck(args []string, stdout, stderr io.Writer) int {
 	netnsPath := fs.String("netns", "", "path of the network namespace to check (e.g. /var/run/netns/X)")
 	confPath := fs.String("conf", "", "conflist or netready plugin object")
 	podFlag := fs.String("pod", "", "the pod as NAMESPACE/NAME, for per-pod policy")
+	var ann annotations
+	fs.Var(&ann, "annotation", "a pod annotation KEY=VALUE (repeatable)")
 	timeout := fs.Duration("timeout", 0, "override the config's timeout")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -76,7 +86,7 @@ func cliCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "netready check: --netns and --conf are required; see netready help")
 		return exitUsage
 	}
-	spec, err := cliSpec(*confPath, *podFlag)
+	spec, err := cliSpec(*confPath, *podFlag, ann)
 	if err != nil {
 		fmt.Fprintf(stderr, "netready check: %v\n", err)
 		return exitUsage
@@ -109,8 +119,26 @@ func cliCheck(args []string, stdout, stderr io.Writer) int {
 	return exitReady
 }
 
-// cliSpec resolves the spec for the pod named by NS/NAME (or no pod).
-func cliSpec(path, podName string) (config.Spec, error) {
+// annotations collects repeated --annotation KEY=VALUE flags.
+type annotations map[string]string
+
+func (a *annotations) String() string { return "" }
+
+func (a *annotations) Set(kv string) error {
+	k, v, ok := strings.Cut(kv, "=")
+	if !ok || k == "" {
+		return errors.New("want KEY=VALUE, e.g. netready.dev/probes=tcp://10.0.0.5:5432")
+	}
+	if *a == nil {
+		*a = annotations{}
+	}
+	(*a)[k] = v
+	return nil
+}
+
+// cliSpec resolves the spec for the pod named by NS/NAME (or no pod) with
+// the given annotations, as the runtime would pass them.
+func cliSpec(path, podName string, ann annotations) (config.Spec, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return config.Spec{}, err
@@ -123,7 +151,7 @@ func cliSpec(path, podName string) (config.Spec, error) {
 	if err != nil {
 		return config.Spec{}, err
 	}
-	var pod config.Pod
+	pod := config.Pod{Annotations: ann}
 	if podName != "" {
 		ns, name, ok := strings.Cut(podName, "/")
 		if !ok || ns == "" || name == "" {
@@ -156,6 +184,111 @@ func podFromNetNS(path string) (podcheck.Pod, error) {
 	}
 	pod.Gateways, err = view.Gateways()
 	return pod, err
+}
+
+func cliExplain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	confPath := fs.String("conf", "", "conflist or netready plugin object")
+	podFlag := fs.String("pod", "", "the pod as NAMESPACE/NAME")
+	var ann annotations
+	fs.Var(&ann, "annotation", "a pod annotation KEY=VALUE (repeatable)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *confPath == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "netready explain: --conf is required; see netready help")
+		return exitUsage
+	}
+	spec, err := cliSpec(*confPath, *podFlag, ann)
+	if err != nil {
+		fmt.Fprintf(stderr, "netready explain: %v\n", err)
+		return exitUsage
+	}
+	e := newExplanation(*podFlag, spec)
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(e); err != nil {
+			fmt.Fprintf(stderr, "netready explain: %v\n", err)
+			return exitUsage
+		}
+		return exitReady
+	}
+	e.print(stdout)
+	return exitReady
+}
+
+// explanation is the resolved spec as explain shows it.
+type explanation struct {
+	Pod                string     `json:"pod,omitempty"`
+	Skipped            bool       `json:"skipped"`
+	SkipReason         string     `json:"skipReason,omitempty"`
+	Rule               string     `json:"rule,omitempty"`
+	Timeout            string     `json:"timeout"`
+	OnTimeout          string     `json:"onTimeout"`
+	Gateway            bool       `json:"gateway"`
+	DefaultRoute       bool       `json:"defaultRoute"`
+	Interval           string     `json:"interval"`
+	MaxInterval        string     `json:"maxInterval"`
+	AttemptTimeout     string     `json:"attemptTimeout"`
+	Probes             []probeLog `json:"probes"`
+	AnnotationsIgnored bool       `json:"annotationsIgnored,omitempty"`
+}
+
+func newExplanation(pod string, s config.Spec) explanation {
+	e := explanation{
+		Pod: pod, Skipped: s.Skipped, SkipReason: s.SkipReason, Rule: s.Rule,
+		Timeout: s.Timeout.String(), OnTimeout: string(s.OnTimeout),
+		Gateway: s.Gateway, DefaultRoute: s.DefaultRoute,
+		Interval: s.Interval.String(), MaxInterval: s.MaxInterval.String(), AttemptTimeout: s.AttemptTimeout.String(),
+		Probes:             []probeLog{},
+		AnnotationsIgnored: s.AnnotationsIgnored,
+	}
+	for _, p := range s.Probes {
+		e.Probes = append(e.Probes, probeLog{p.URL, p.Origin})
+	}
+	return e
+}
+
+func (e explanation) print(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	yes := map[bool]string{true: "yes", false: "no"}
+	pod := e.Pod
+	if pod == "" {
+		pod = "(none given: no skip entry or rule matches)"
+	}
+	fmt.Fprintf(tw, "pod:\t%s\n", pod)
+	if e.Skipped {
+		fmt.Fprintf(tw, "skipped:\tyes, by %s: ADD passes the pod through ungated\n", e.SkipReason)
+		tw.Flush()
+		return
+	}
+	fmt.Fprintf(tw, "skipped:\tno\n")
+	rule := e.Rule
+	if rule == "" {
+		rule = "none matched"
+	}
+	fmt.Fprintf(tw, "rule:\t%s\n", rule)
+	fmt.Fprintf(tw, "timeout:\t%s, then %s\n", e.Timeout, map[string]string{"fail": "fail (CNI error 11, the kubelet retries)", "allow": "allow (pass the pod, log a warning)"}[e.OnTimeout])
+	fmt.Fprintf(tw, "gateway:\t%s\n", yes[e.Gateway])
+	fmt.Fprintf(tw, "defaultRoute:\t%s\n", yes[e.DefaultRoute])
+	fmt.Fprintf(tw, "attempts:\tevery %s backing off to %s, each up to %s\n", e.Interval, e.MaxInterval, e.AttemptTimeout)
+	if e.AnnotationsIgnored {
+		fmt.Fprintf(tw, "annotations:\tignored (annotations.allow is false)\n")
+	}
+	if len(e.Probes) == 0 {
+		fmt.Fprintf(tw, "probes:\tnone\n")
+	}
+	for i, p := range e.Probes {
+		label := ""
+		if i == 0 {
+			label = "probes:"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t(from %s)\n", label, p.URL, p.Origin)
+	}
+	tw.Flush()
 }
 
 func printReport(w io.Writer, r *gate.Report) {

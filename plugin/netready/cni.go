@@ -40,9 +40,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		return rec.fail(err)
 	}
 	rec.logFile = conf.LogFile
-	pod := conf.Pod(args.Args)
-	rec.setPod(pod)
-	spec, err := conf.Resolve(pod)
+	spec, err := resolve(rec, conf, args.Args)
 	if err != nil {
 		return rec.fail(err)
 	}
@@ -67,9 +65,7 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 		return rec.fail(err)
 	}
 	rec.logFile = conf.LogFile
-	pod := conf.Pod(args.Args)
-	rec.setPod(pod)
-	spec, err := conf.Resolve(pod)
+	spec, err := resolve(rec, conf, args.Args)
 	if err != nil {
 		return rec.fail(err)
 	}
@@ -99,6 +95,18 @@ func (p *plugin) status(args *skel.CmdArgs) error {
 
 // gc succeeds: netready keeps no state to collect.
 func (p *plugin) gc(*skel.CmdArgs) error { return nil }
+
+// resolve works out the pod's spec from CNI_ARGS and its annotations.
+func resolve(rec *record, conf *config.Conf, cniArgs string) (config.Spec, error) {
+	pod, err := conf.Pod(cniArgs)
+	if err != nil {
+		return config.Spec{}, err
+	}
+	rec.setPod(pod)
+	spec, err := conf.Resolve(pod)
+	rec.spec = &spec
+	return spec, err
+}
 
 // parse reads the plugin object and the previous plugin's result.
 func parse(stdin []byte) (*config.Conf, *current.Result, error) {

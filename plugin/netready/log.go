@@ -28,6 +28,7 @@ type record struct {
 	outcome string
 	reason  string
 	level   slog.Level
+	spec    *config.Spec
 	report  *gate.Report
 	err     error
 }
@@ -64,6 +65,12 @@ type condLog struct {
 	Error    string  `json:"error,omitempty"`
 }
 
+// probeLog says where a probe came from: config, rules[N] or annotation.
+type probeLog struct {
+	URL    string `json:"url"`
+	Origin string `json:"origin"`
+}
+
 func conditionLogs(r *gate.Report) []condLog {
 	out := make([]condLog, 0, len(r.Conditions))
 	for _, c := range r.Conditions {
@@ -97,6 +104,21 @@ func (r *record) write() {
 	}
 	if r.reason != "" {
 		attrs = append(attrs, slog.String("reason", r.reason))
+	}
+	if s := r.spec; s != nil {
+		if s.Rule != "" {
+			attrs = append(attrs, slog.String("rule", s.Rule))
+		}
+		if s.AnnotationsIgnored {
+			attrs = append(attrs, slog.String("annotations", "ignored: annotations.allow is false in the netready config"))
+		}
+		if len(s.Probes) > 0 {
+			probes := make([]probeLog, len(s.Probes))
+			for i, p := range s.Probes {
+				probes[i] = probeLog{p.URL, p.Origin}
+			}
+			attrs = append(attrs, slog.Any("probes", probes))
+		}
 	}
 	if r.report != nil {
 		attrs = append(attrs, slog.Any("conditions", conditionLogs(r.report)))
