@@ -23,8 +23,8 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 
-demo: build
-	$(GO) run ./e2e/demo -bin bin
+demo:
+	$(GO) run ./e2e/demo
 
 fuzz:
 	$(GO) test ./pkg/config/ -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
