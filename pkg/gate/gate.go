@@ -93,6 +93,12 @@ func (p permanentError) Unwrap() error { return p.err }
 // (the pod's netns is gone, say).
 func Permanent(err error) error { return permanentError{err} }
 
+// IsPermanent reports whether err was marked by Permanent.
+func IsPermanent(err error) bool {
+	var p permanentError
+	return errors.As(err, &p)
+}
+
 // ErrNoAnswer is recorded for an attempt that got no answer before it was
 // closed to make room for a newer one.
 var ErrNoAnswer = errors.New("no answer")
@@ -112,8 +118,9 @@ type Report struct {
 	Conditions []Status
 	Waited     time.Duration
 	// Err is why the gate stopped before all conditions held: the context was
-	// cancelled, or a check failed with a Permanent error. It is nil when all
-	// conditions held and when the context's deadline passed.
+	// cancelled (Err is then its cause, which wraps context.Canceled when it
+	// was given none) or a check failed with a Permanent error. It is nil
+	// when all conditions held and when the context's deadline passed.
 	Err error
 }
 
@@ -232,7 +239,7 @@ func (r *run) loop() error {
 			if errors.Is(r.ctx.Err(), context.DeadlineExceeded) {
 				return nil // timed out: the report lists what is unmet
 			}
-			return r.ctx.Err()
+			return context.Cause(r.ctx) // a signal, the netns going away, ...
 		case <-r.opt.PodChanged:
 			if err := r.evalLocal(); err != nil {
 				return err

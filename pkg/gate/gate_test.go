@@ -316,6 +316,21 @@ func TestPermanentErrorStopsAtOnce(t *testing.T) {
 	})
 }
 
+func TestCancelCauseIsReported(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gone := errors.New("netns removed")
+		ctx, cancel := context.WithCancelCause(t.Context())
+		go func() {
+			time.Sleep(30 * time.Millisecond)
+			cancel(gone)
+		}()
+		rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: hang}}, Options{})
+		if !errors.Is(rep.Err, gone) {
+			t.Fatalf("Err=%v, want the cancel cause %v", rep.Err, gone)
+		}
+	})
+}
+
 func TestCancelStopsAndWaitsForAttempts(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rec := newRecorder(hangN)

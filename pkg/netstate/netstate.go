@@ -40,6 +40,12 @@ func Open(path string) (*NetNS, error) {
 // Close releases the netlink socket.
 func (n *NetNS) Close() { n.h.Close() }
 
+// The errors say what is wrong, not with what: the gate shows them after
+// the condition's name ("link eth0: no carrier (operstate down)").
+
+// ErrNoLink is returned for a link that does not exist.
+var ErrNoLink = errors.New("no such link")
+
 // LinkUp reports nil when the link exists, is administratively up and has
 // carrier (a veth whose peer is down is not).
 func (n *NetNS) LinkUp(name string) error {
@@ -47,17 +53,17 @@ func (n *NetNS) LinkUp(name string) error {
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
-			return fmt.Errorf("no link %s", name)
+			return ErrNoLink
 		}
 		return err
 	}
 	a := l.Attrs()
 	if a.Flags&net.FlagUp == 0 {
-		return fmt.Errorf("link %s is down", name)
+		return errors.New("administratively down")
 	}
 	// Loopback and some virtual links report "unknown": they carry traffic.
 	if a.OperState != netlink.OperUp && a.OperState != netlink.OperUnknown {
-		return fmt.Errorf("link %s has no carrier (operstate %s)", name, a.OperState)
+		return fmt.Errorf("no carrier (operstate %s)", a.OperState)
 	}
 	return nil
 }
@@ -71,7 +77,7 @@ var ErrDADFailed = errors.New("duplicate address detection failed")
 func (n *NetNS) AddrReady(name string, addr netip.Addr) error {
 	l, err := n.h.LinkByName(name)
 	if err != nil {
-		return fmt.Errorf("no link %s", name)
+		return fmt.Errorf("link %s: %w", name, ErrNoLink)
 	}
 	family := netlink.FAMILY_V4
 	if addr.Is6() {
@@ -89,13 +95,13 @@ func (n *NetNS) AddrReady(name string, addr netip.Addr) error {
 		}
 		switch {
 		case a.Flags&unix.IFA_F_DADFAILED != 0:
-			return fmt.Errorf("address %s on %s: %w", addr, name, ErrDADFailed)
+			return ErrDADFailed
 		case a.Flags&unix.IFA_F_TENTATIVE != 0:
-			return fmt.Errorf("address %s on %s is tentative (duplicate address detection in progress)", addr, name)
+			return errors.New("tentative (duplicate address detection in progress)")
 		}
 		return nil
 	}
-	return fmt.Errorf("address %s not on %s", addr, name)
+	return errors.New("not on the link")
 }
 
 // DefaultRoute reports nil when the main table has a usable default route
@@ -122,7 +128,7 @@ func (n *NetNS) DefaultRoute(v4 bool) error {
 		if r.Type == unix.RTN_UNICAST {
 			return nil
 		}
-		return fmt.Errorf("%s default route is %s", fam, routeType(r.Type))
+		return fmt.Errorf("%s route", routeType(r.Type))
 	}
 	return fmt.Errorf("no %s default route", fam)
 }
@@ -136,19 +142,19 @@ func (n *NetNS) RouteTo(dst netip.Addr) error {
 		// The kernel answers RTM_GETROUTE for these route types with an errno.
 		switch {
 		case errors.Is(err, syscall.ENETUNREACH):
-			return fmt.Errorf("no route to %s (network is unreachable)", dst)
+			return errors.New("network is unreachable")
 		case errors.Is(err, syscall.EHOSTUNREACH):
-			return fmt.Errorf("no route to %s (unreachable route)", dst)
+			return errors.New("unreachable route")
 		case errors.Is(err, syscall.EINVAL):
-			return fmt.Errorf("no route to %s (blackhole route)", dst)
+			return errors.New("blackhole route")
 		case errors.Is(err, syscall.EACCES):
-			return fmt.Errorf("no route to %s (prohibit route)", dst)
+			return errors.New("prohibit route")
 		}
-		return fmt.Errorf("route to %s: %w", dst, err)
+		return err
 	}
 	for _, r := range routes {
 		if r.Type != unix.RTN_UNICAST && r.Type != unix.RTN_LOCAL {
-			return fmt.Errorf("no route to %s (%s route)", dst, routeType(r.Type))
+			return fmt.Errorf("%s route", routeType(r.Type))
 		}
 	}
 	return nil

@@ -5,6 +5,7 @@ package podcheck
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 
@@ -74,6 +75,13 @@ func Run(ctx context.Context, spec config.Spec, pod Pod) (*gate.Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop, err := watchRemoval(pod.NetNS, cancel)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
 	return gate.Run(ctx, conds, gate.Options{
 		Interval:       spec.Interval,
 		MaxInterval:    spec.MaxInterval,
@@ -92,9 +100,22 @@ func Conditions(spec config.Spec, pod Pod, view *netstate.NetNS, sockets probe.S
 		conds = append(conds, gate.Condition{Name: name, Kind: gate.Local, Check: func(context.Context) error { return check() }})
 	}
 	for _, l := range pod.Links {
-		local("link "+l.Name, func() error { return view.LinkUp(l.Name) })
+		local("link "+l.Name, func() error {
+			err := view.LinkUp(l.Name)
+			if errors.Is(err, netstate.ErrNoLink) {
+				// The previous plugin made it: gone means the pod was torn down.
+				return gate.Permanent(errors.New("gone (was the pod deleted?)"))
+			}
+			return err
+		})
 		for _, a := range l.Addrs {
-			local(fmt.Sprintf("address %s on %s", a, l.Name), func() error { return view.AddrReady(l.Name, a) })
+			local(fmt.Sprintf("address %s on %s", a, l.Name), func() error {
+				err := view.AddrReady(l.Name, a)
+				if errors.Is(err, netstate.ErrDADFailed) {
+					return gate.Permanent(err)
+				}
+				return err
+			})
 		}
 	}
 	if spec.DefaultRoute {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -159,12 +158,17 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *c
 	case report.Ready():
 		rec.outcome = "ready"
 		return nil
-	case report.Err != nil && errors.Is(report.Err, context.Canceled):
-		rec.outcome = "interrupted"
-		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("interrupted after %v while waiting for: %s", waited, report.Summary()), details(report))
-	case report.Err != nil:
+	case gate.IsPermanent(report.Err):
+		// The pod's link vanished, its address failed DAD: waiting longer
+		// cannot help. The condition at fault is in the summary.
 		rec.outcome = "failed"
-		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod network cannot become ready: %s", report.Summary()), details(report))
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("pod network cannot become ready (after %v): %s", waited, report.Summary()), details(report))
+	case report.Err != nil:
+		// A signal from the runtime, the netns removed under us.
+		rec.outcome = "interrupted"
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("stopped waiting after %v: %v; unmet: %s", waited, report.Err, report.Summary()), details(report))
 	case spec.OnTimeout == config.Allow:
 		rec.outcome, rec.level = "timeout-allowed", levelWarn
 		return nil
