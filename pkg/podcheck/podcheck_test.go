@@ -1,0 +1,118 @@
+package podcheck
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/netready/netready/pkg/config"
+)
+
+// testPod makes a pod netns whose eth0 (10.99.0.2/24, fd99::2/64) leads to
+// a peer netns holding the gateway 10.99.0.1, and removes both at the end.
+func testPod(t *testing.T) (pod Pod, podNS, peerNS string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces")
+	}
+	podNS = fmt.Sprintf("nrpc-%d-%s-pod", os.Getpid(), t.Name())
+	peerNS = fmt.Sprintf("nrpc-%d-%s-peer", os.Getpid(), t.Name())
+	for _, name := range []string{podNS, peerNS} {
+		run(t, "ip", "netns", "add", name)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	}
+	run(t, "ip", "-n", podNS, "link", "add", "eth0", "type", "veth", "peer", "name", "gw0", "netns", peerNS)
+	run(t, "ip", "-n", podNS, "addr", "add", "10.99.0.2/24", "dev", "eth0")
+	run(t, "ip", "-n", podNS, "addr", "add", "fd99::2/64", "dev", "eth0", "nodad")
+	run(t, "ip", "-n", peerNS, "addr", "add", "10.99.0.1/24", "dev", "gw0")
+	run(t, "ip", "-n", peerNS, "link", "set", "gw0", "up")
+	run(t, "ip", "-n", podNS, "link", "set", "eth0", "up")
+	run(t, "ip", "-n", podNS, "route", "add", "default", "via", "10.99.0.1")
+	pod = Pod{
+		NetNS:    "/var/run/netns/" + podNS,
+		Links:    []Link{{Name: "eth0", Addrs: []netip.Addr{netip.MustParseAddr("10.99.0.2"), netip.MustParseAddr("fd99::2")}}},
+		Gateways: []netip.Addr{netip.MustParseAddr("10.99.0.1")},
+	}
+	return pod, podNS, peerNS
+}
+
+func run(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+func spec(t *testing.T, probes ...string) config.Spec {
+	t.Helper()
+	s := config.Spec{Gateway: true, DefaultRoute: true, Interval: 10 * time.Millisecond, MaxInterval: 40 * time.Millisecond, AttemptTimeout: time.Second}
+	for _, u := range probes {
+		p, err := config.ParseProbe(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Probes = append(s.Probes, p)
+	}
+	return s
+}
+
+func TestRunReadyPod(t *testing.T) {
+	pod, _, _ := testPod(t)
+	// Only IPv4 has a default route: the IPv6 condition must be what is unmet.
+	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+	defer cancel()
+	rep, err := Run(ctx, spec(t, "icmp://10.99.0.1", "tcp://10.99.0.1:9?refused=ok"), pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range rep.Conditions {
+		names = append(names, c.Name)
+	}
+	want := []string{"link eth0", "address 10.99.0.2 on eth0", "address fd99::2 on eth0", "IPv4 default route",
+		"IPv6 default route", "route to 10.99.0.1", "gateway 10.99.0.1", "icmp://10.99.0.1", "tcp://10.99.0.1:9?refused=ok"}
+	if !slices.Equal(names, want) {
+		t.Errorf("conditions\n %q\nwant\n %q", names, want)
+	}
+	// The check count depends on how many netlink events the setup caused.
+	if got := rep.Summary(); !strings.HasPrefix(got, "IPv6 default route: no IPv6 default route (") || strings.Contains(got, ";") {
+		t.Errorf("Summary() = %q, want only the missing IPv6 default route", got)
+	}
+}
+
+func TestRunStopsWhenTheNetNSIsRemoved(t *testing.T) {
+	pod, podNS, _ := testPod(t)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		exec.Command("ip", "netns", "del", podNS).Run()
+	}()
+	start := time.Now()
+	// Nothing answers on 10.99.0.3: the gate would wait for the whole timeout.
+	rep, err := Run(t.Context(), spec(t, "icmp://10.99.0.3"), pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(rep.Err, ErrNetNSRemoved) {
+		t.Fatalf("Err = %v, want %v", rep.Err, ErrNetNSRemoved)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("took %v to notice the netns was removed, want well under 2s", took)
+	}
+}
+
+func TestRunMissingNetNS(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: opens network namespaces")
+	}
+	_, err := Run(t.Context(), spec(t), Pod{NetNS: "/var/run/netns/nrpc-does-not-exist"})
+	if err == nil || !strings.Contains(err.Error(), "nrpc-does-not-exist") {
+		t.Fatalf("err = %v, want one naming the missing netns", err)
+	}
+}
