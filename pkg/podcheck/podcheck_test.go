@@ -7,7 +7,9 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -115,4 +117,83 @@ func TestRunMissingNetNS(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "nrpc-does-not-exist") {
 		t.Fatalf("err = %v, want one naming the missing netns", err)
 	}
+}
+
+// TestRunLeaksNothing runs the gate 1000 times in one process, ready and not
+// ready, and checks that file descriptors, goroutines and OS threads come
+// back to where they were: a long-lived caller (netready check in a loop,
+// a future daemon) must not grow.
+func TestRunLeaksNothing(t *testing.T) {
+	pod, _, _ := testPod(t)
+	pod.Links[0].Addrs = pod.Links[0].Addrs[:1] // IPv4 only: ready
+	ready := spec(t, "icmp://10.99.0.1", "tcp://10.99.0.1:9?refused=ok")
+	blocked := spec(t, "icmp://10.99.0.3") // nobody there
+	runs := 1000
+	if testing.Short() {
+		runs = 100
+	}
+	run := func(i int) {
+		s, budget := ready, time.Second
+		if i%10 == 0 {
+			s, budget = blocked, 30*time.Millisecond
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), budget)
+		defer cancel()
+		rep, err := Run(ctx, s, pod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Ready() == (i%10 == 0) {
+			t.Fatalf("run %d: ready=%v: %s", i, rep.Ready(), rep.Summary())
+		}
+	}
+	run(1) // warm up: the runtime's own lazily made threads and fds
+	fds, goroutines, threads := countFDs(t), runtime.NumGoroutine(), countThreads(t)
+	for i := range runs {
+		run(i)
+	}
+	// Goroutines that just closed a socket may need a moment to be gone.
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > goroutines && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := countFDs(t); got > fds {
+		t.Errorf("open fds %d -> %d after %d runs", fds, got, runs)
+	}
+	if got := runtime.NumGoroutine(); got > goroutines {
+		t.Errorf("goroutines %d -> %d after %d runs", goroutines, got, runs)
+	}
+	// Threads that ns.Do could not switch back are left to die, and the
+	// runtime keeps idle ones: allow a few, not one per run.
+	if got := countThreads(t); got > threads+4 {
+		t.Errorf("OS threads %d -> %d after %d runs", threads, got, runs)
+	}
+}
+
+func countFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func countThreads(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatal("no Threads: line in /proc/self/status")
+	return 0
 }
