@@ -1,0 +1,359 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/netready/netready/e2e/testbed"
+)
+
+// Faults while ADD waits: the pod goes away, the runtime gives up, the
+// target flaps, a node full of pods half of which never get their network.
+
+// faultList is K3s's chain with netready gated on the db, logging to a file.
+func faultList(t *testing.T, b *testbed.Bed, timeout string, extra string) (*libcni.NetworkConfigList, string) {
+	t.Helper()
+	logFile := filepath.Join(b.Dir, "netready-faults.log")
+	nr := fmt.Sprintf(`{"type":"netready","capabilities":{"io.kubernetes.cri.pod-annotations":true},"timeout":%q,"logFile":%q%s}`,
+		timeout, logFile, extra)
+	list, err := b.ConfList(testbed.K3sConflist("1.0.0", nr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list, logFile
+}
+
+func cniCode(err error) uint {
+	var e *types.Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return 0
+}
+
+func TestADDEndsWhenThePodGoesAway(t *testing.T) {
+	for _, tc := range []struct {
+		name, want string
+		tearDown   func(ctx context.Context, p *testbed.Pod) error
+	}{
+		{"netns removed", "netns was removed", func(ctx context.Context, p *testbed.Pod) error { return p.Remove() }},
+		{"veth deleted", "link eth0: gone", func(ctx context.Context, p *testbed.Pod) error {
+			_, err := p.IP(ctx, "link", "del", "eth0")
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := testContext(t)
+			b := testbed.New(t, testbed.Options{Plugins: testbed.WithNetready})
+			list, _ := faultList(t, b, "20s", `,"probes":["`+testbed.ProbeDB+`"]`)
+			if _, err := b.BlockRouter(ctx); err != nil {
+				t.Fatal(err)
+			}
+			pod := newPod(t, b)
+			var torn time.Time
+			go func() {
+				time.Sleep(500 * time.Millisecond)
+				torn = time.Now()
+				if err := tc.tearDown(ctx, pod); err != nil {
+					t.Error(err)
+				}
+			}()
+			_, err := b.Add(ctx, list, pod)
+			took := time.Since(torn)
+			if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("ADD: %v; want code 11 saying %q", err, tc.want)
+			}
+			t.Logf("ADD ended %v after the teardown: %v", took.Round(time.Millisecond), err)
+			if took > 2*time.Second {
+				t.Errorf("ADD ended %v after the pod went away, want within 2s", took)
+			}
+			if err := b.Del(ctx, list, pod); err != nil {
+				t.Errorf("DEL after the failed ADD: %v", err)
+			}
+		})
+	}
+}
+
+// TestRuntimeDeadlineKillsCleanly: libcni runs plugins with
+// exec.CommandContext, so the runtime's deadline SIGKILLs netready. Nothing
+// of it may stay behind.
+func TestRuntimeDeadlineKillsCleanly(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	b := testbed.New(t, testbed.Options{Plugins: testbed.WithNetready})
+	list, logFile := faultList(t, b, "20s", `,"probes":["`+testbed.ProbeDB+`"]`)
+	if _, err := b.BlockRouter(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pod := newPod(t, b)
+	before := dirListing(t, b.Dir)
+	addCtx, cancel := context.WithTimeout(ctx, 700*time.Millisecond)
+	defer cancel()
+	if _, err := b.Add(addCtx, list, pod); err == nil {
+		t.Fatal("ADD succeeded through a blocked path")
+	}
+	time.Sleep(100 * time.Millisecond) // the kill is asynchronous
+	if pids := processesWithEnv(t, "CNI_CONTAINERID="+pod.ContainerID); len(pids) > 0 {
+		t.Errorf("netready processes left after the runtime's deadline: %v", pids)
+	}
+	// A killed ADD writes no log line; no other file may appear either,
+	// but for the state of the plugins before netready in the chain.
+	for f := range dirListing(t, b.Dir) {
+		chainState := strings.HasPrefix(f, b.FlannelDir) || strings.HasPrefix(f, b.IPAMDir)
+		if !before[f] && f != logFile && !chainState {
+			t.Errorf("file %s appeared", f)
+		}
+	}
+}
+
+func TestSIGTERMEndsADDPromptly(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	b := testbed.New(t, testbed.Options{Plugins: testbed.WithNetready})
+	// The chain without netready sets the pod up; netready then runs as the
+	// runtime would run it, with that result as prevResult.
+	plain := confList(t, b, testbed.K3sConflist("1.0.0"))
+	pod := newPod(t, b)
+	res, err := b.Add(ctx, plain, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev, err := json.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.BlockRouter(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"cbr0","type":"netready","timeout":"20s","probes":[%q],"prevResult":%s}`, testbed.ProbeDB, prev)
+	cmd := exec.Command(filepath.Join(b.BinDir, "netready"))
+	cmd.Env = []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=" + pod.ContainerID, "CNI_NETNS=" + pod.Path, "CNI_IFNAME=eth0", "CNI_PATH=" + b.BinDir}
+	cmd.Stdin = strings.NewReader(conf)
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	// Started from a thread in the node netns, as the runtime's exec is.
+	if err := b.Node.Do(cmd.Start); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(400 * time.Millisecond)
+	sent := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait()
+	took := time.Since(sent)
+	t.Logf("exited %v after SIGTERM: %s", took.Round(time.Millisecond), strings.TrimSpace(stdout.String()))
+	if took > 500*time.Millisecond {
+		t.Errorf("exited %v after SIGTERM, want within 0.5s", took)
+	}
+	var cniErr types.Error
+	if err == nil || json.Unmarshal(stdout.Bytes(), &cniErr) != nil || cniErr.Code != types.ErrTryAgainLater ||
+		!strings.Contains(cniErr.Msg, "terminated") {
+		t.Errorf("exit %v, stdout %q; want a CNI error, code 11, saying it was terminated", err, stdout.String())
+	}
+}
+
+// TestFlappingTarget: the db route on the node opens, closes and opens
+// again. ADD must return while the path is open, never in between.
+func TestFlappingTarget(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	b := testbed.New(t, testbed.Options{Plugins: testbed.WithNetready})
+	list, _ := faultList(t, b, "10s", `,"probes":["`+testbed.ProbeDB+`"]`)
+	f, err := b.BlackholeNode(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := newPod(t, b)
+	var mu sync.Mutex
+	var opened1, closed, opened2 time.Time
+	flapped := make(chan struct{})
+	defer func() { <-flapped }() // the fault must not outlive the test
+	go func() {
+		defer close(flapped)
+		time.Sleep(600 * time.Millisecond)
+		at, err := f.Unblock()
+		mu.Lock()
+		opened1 = at
+		mu.Unlock()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		// Closed again 1 ms later: the gate may or may not catch that window.
+		time.Sleep(time.Millisecond)
+		if err := f.Block(); err != nil {
+			t.Error(err)
+		}
+		mu.Lock()
+		closed = time.Now()
+		mu.Unlock()
+		time.Sleep(500 * time.Millisecond)
+		at, err = f.Unblock()
+		mu.Lock()
+		opened2 = at
+		mu.Unlock()
+		if err != nil {
+			t.Error(err)
+		}
+	}()
+	if _, err := b.Add(ctx, list, pod); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	returned := time.Now()
+	<-flapped
+	mu.Lock()
+	defer mu.Unlock()
+	switch {
+	case opened1.IsZero() || returned.Before(opened1):
+		t.Fatalf("ADD returned before the path ever opened")
+	case !closed.IsZero() && returned.After(closed.Add(50*time.Millisecond)) && (opened2.IsZero() || returned.Before(opened2)):
+		t.Fatalf("ADD returned %v after the path closed again and before it reopened", returned.Sub(closed))
+	}
+	t.Logf("ADD returned %v after the first opening (closed again after %v, reopened after %v)", returned.Sub(opened1).Round(time.Millisecond),
+		closed.Sub(opened1).Round(time.Millisecond), opened2.Sub(opened1).Round(time.Millisecond))
+}
+
+// TestManyPodsHalfNeverReady: K3s's default of 110 pods per node, ADDed at
+// once; half ask (by annotation) for a target that never answers. The
+// others must not wait for them, and the blocked ones end on time.
+func TestManyPodsHalfNeverReady(t *testing.T) {
+	ctx := testContext(t)
+	pods := 110
+	if testing.Short() {
+		pods = 20
+	}
+	b := testbed.New(t, testbed.Options{Plugins: testbed.WithNetready})
+	list, logFile := faultList(t, b, "5s", "")
+	if _, err := b.BlockRouter(ctx); err != nil {
+		t.Fatal(err)
+	}
+	blocked := map[string]bool{}
+	var wg sync.WaitGroup
+	errs := make([]error, pods)
+	all := make([]*testbed.Pod, pods)
+	for i := range pods {
+		pod := newPod(t, b)
+		all[i] = pod
+		if i%2 == 0 {
+			pod.Annotations = map[string]string{"netready.dev/probes": testbed.ProbeDB}
+			blocked[pod.ContainerID] = true
+		}
+		wg.Go(func() { _, errs[i] = b.Add(ctx, list, pod) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if i%2 == 0 && cniCode(err) != types.ErrTryAgainLater {
+			t.Errorf("pod %d (blocked): ADD %v, want code 11", i, err)
+		}
+		if i%2 == 1 && err != nil {
+			t.Errorf("pod %d (ready): ADD %v", i, err)
+		}
+	}
+	// netready's own time, from its log: the runtime's includes the
+	// rest of the chain, queued behind 109 others on 2 cores.
+	var readyMax, blockedMin, blockedMax float64
+	blockedMin = 1e9
+	for _, r := range readFaultLog(t, logFile) {
+		if r.Verb != "ADD" {
+			continue
+		}
+		if blocked[r.Container] {
+			blockedMin, blockedMax = min(blockedMin, r.TotalMS), max(blockedMax, r.TotalMS)
+		} else {
+			readyMax = max(readyMax, r.TotalMS)
+		}
+	}
+	t.Logf("%d pods: ready ones took at most %.0f ms in netready; blocked ones %.0f–%.0f ms (timeout 5s)", pods, readyMax, blockedMin, blockedMax)
+	if readyMax >= 5000 {
+		t.Errorf("a ready pod waited %.0f ms: the blocked ones held it up", readyMax)
+	}
+	if blockedMin < 5000 || blockedMax > 7000 {
+		t.Errorf("blocked pods ended after %.0f–%.0f ms, want just after the 5s timeout", blockedMin, blockedMax)
+	}
+	for _, p := range all {
+		if err := b.Del(ctx, list, p); err != nil {
+			t.Errorf("DEL: %v", err)
+		}
+	}
+}
+
+type faultLogRecord struct {
+	Verb      string  `json:"verb"`
+	Container string  `json:"container"`
+	Outcome   string  `json:"outcome"`
+	TotalMS   float64 `json:"total_ms"`
+}
+
+func readFaultLog(t *testing.T, path string) []faultLogRecord {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []faultLogRecord
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r faultLogRecord
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("log line %q: %v", sc.Text(), err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// processesWithEnv lists the pids whose environment holds kv.
+func processesWithEnv(t *testing.T, kv string) []string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []string
+	for _, e := range ents {
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		for v := range bytes.SplitSeq(env, []byte{0}) {
+			if string(v) == kv {
+				pids = append(pids, e.Name())
+			}
+		}
+	}
+	return pids
+}
+
+func dirListing(t *testing.T, dir string) map[string]bool {
+	t.Helper()
+	seen := map[string]bool{}
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		seen[path] = true
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seen
+}
