@@ -91,9 +91,9 @@ func Run(ctx context.Context, spec config.Spec, pod Pod) (*gate.Report, error) {
 	}), nil
 }
 
-// Conditions lists what must hold, local conditions first, in the order an
-// operator reads them: links, addresses, default routes, the gateway, then
-// each probe's route and the probe itself.
+// Conditions lists what must hold in the order an operator reads them:
+// the local ones (links, addresses, default routes, a route to each probe
+// target), then the active ones (the gateway, then each probe).
 func Conditions(spec config.Spec, pod Pod, view *netstate.NetNS, sockets probe.Sockets) ([]gate.Condition, error) {
 	var conds []gate.Condition
 	local := func(name string, check func() error) {

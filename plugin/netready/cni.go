@@ -79,21 +79,37 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 // remove, and a failing DEL would only keep the runtime from cleaning up.
 func (p *plugin) del(args *skel.CmdArgs) error {
 	rec := p.newRecord("DEL", args)
+	defer rec.write()
 	if conf, err := config.Parse(args.StdinData); err == nil {
 		rec.logFile = conf.LogFile
+		if pod, err := conf.Pod(args.Args); err == nil {
+			rec.setPod(pod)
+		}
 	}
-	rec.write()
 	return nil
 }
 
 // status succeeds when the configuration is valid.
 func (p *plugin) status(args *skel.CmdArgs) error {
-	_, err := config.Parse(args.StdinData)
-	return err
+	rec := p.newRecord("STATUS", nil)
+	defer rec.write()
+	conf, err := config.Parse(args.StdinData)
+	if err != nil {
+		return rec.fail(err)
+	}
+	rec.logFile = conf.LogFile
+	return nil
 }
 
 // gc succeeds: netready keeps no state to collect.
-func (p *plugin) gc(*skel.CmdArgs) error { return nil }
+func (p *plugin) gc(args *skel.CmdArgs) error {
+	rec := p.newRecord("GC", nil)
+	defer rec.write()
+	if conf, err := config.Parse(args.StdinData); err == nil {
+		rec.logFile = conf.LogFile
+	}
+	return nil
+}
 
 // resolve works out the pod's spec from CNI_ARGS and its annotations.
 func resolve(rec *record, conf *config.Conf, cniArgs string) (config.Spec, error) {
