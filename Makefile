@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 30s
 
-.PHONY: all build test unit demo fuzz vet clean
+.PHONY: all build test unit demo bench fuzz vet clean dist
 
 all: build
 
@@ -26,9 +26,42 @@ vet:
 demo:
 	$(GO) run ./e2e/demo
 
+# As root, at most 10 minutes: the figures of e2e/bench as a table; BENCH_JSON=FILE also writes
+# them as JSON, NETREADY_SEED_JSON=FILE adds the containerd tier's seed figures. BENCH_FLAGS=-quick
+# is a smoke test of a few seconds.
+bench:
+	$(GO) run ./e2e/bench $(BENCH_FLAGS)
+
 fuzz:
 	$(GO) test ./pkg/config/ -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/config/ -run '^$$' -fuzz '^FuzzParseProbe$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/config/ -run '^$$' -fuzz '^FuzzPod$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/config/ -run '^$$' -fuzz '^FuzzResolveAnnotations$$' -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf bin dist
+
+# Release tarballs dist/netready-$(VERSION)-linux-{amd64,arm64,arm}.tar.gz (arm: GOARM=7, as on a
+# Raspberry Pi) and dist/SHA256SUMS. Each holds the static binary (built as `build` does), the
+# node bootstrap script, the conflists, LICENSE and INSTALL.md, under netready-$(VERSION)-linux-ARCH/.
+# Entries are sorted, owned by 0:0 and dated at the last commit, and gzip stores no name or time,
+# so the same tree and Go toolchain give the same bytes.
+DIST_ARCHES := amd64 arm64 arm
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+
+dist:
+	rm -rf dist
+	set -e; for arch in $(DIST_ARCHES); do \
+		name=netready-$(VERSION)-linux-$$arch; stage=dist/stage/$$name; \
+		install -d -m 0755 $$stage $$stage/conflist; \
+		goarm=; if [ $$arch = arm ]; then goarm=7; fi; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch GOARM=$$goarm \
+			$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $$stage/netready ./plugin/netready; \
+		install -m 0755 scripts/k3s-node-bootstrap.sh $$stage/; \
+		install -m 0644 conflist/*.conflist conflist/README.md $$stage/conflist/; \
+		install -m 0644 LICENSE packaging/INSTALL.md $$stage/; \
+		tar --sort=name --mtime=@$(SOURCE_DATE_EPOCH) --owner=0 --group=0 --numeric-owner \
+			--format=gnu -C dist/stage -cf - $$name | gzip -9n >dist/$$name.tar.gz; \
+	done
+	rm -rf dist/stage
+	cd dist && sha256sum netready-$(VERSION)-linux-*.tar.gz >SHA256SUMS
