@@ -174,7 +174,7 @@ func Parse(stdin []byte) (*Conf, error) {
 	// by a rule or by an annotation) shortens the attempts too.
 	b.AttemptTimeout = min(b.AttemptTimeout, b.Timeout)
 	if len(d.errs) > 0 {
-		return nil, &types.Error{Code: types.ErrInvalidNetworkConfig, Msg: "netready config: " + strings.Join(d.errs, "; ")}
+		return nil, &types.Error{Code: types.ErrInvalidNetworkConfig, Msg: d.message()}
 	}
 	return c, nil
 }
@@ -249,10 +249,29 @@ func (d *decoder) annotationPolicy(m map[string]json.RawMessage, a *AnnotationPo
 // and collects every error so that an operator fixes them in one round.
 type decoder struct {
 	errs []string
+	more int // errors past maxErrors, counted but not spelt out
 }
 
+// maxErrors bounds what one error message lists: a config with thousands of
+// mistakes must not turn into megabytes of error (and log) text.
+const maxErrors = 20
+
+func (d *decoder) full() bool { return len(d.errs) >= maxErrors }
+
 func (d *decoder) errorf(path, format string, args ...any) {
+	if d.full() {
+		d.more++
+		return
+	}
 	d.errs = append(d.errs, fmt.Sprintf("%q: ", clip(path))+fmt.Sprintf(format, args...))
+}
+
+func (d *decoder) message() string {
+	msg := "netready config: " + strings.Join(d.errs, "; ")
+	if d.more > 0 {
+		msg += fmt.Sprintf("; and %d more", d.more)
+	}
+	return msg
 }
 
 // decode unmarshals a present field into dst and reports whether it did.
@@ -336,6 +355,10 @@ func (d *decoder) probes(path string, raw json.RawMessage) []Probe {
 	ps := make([]Probe, 0, len(urls))
 	first := make(map[string]int, len(urls))
 	for i, u := range urls {
+		if d.full() {
+			d.more += len(urls) - i
+			break
+		}
 		p, err := ParseProbe(u)
 		at := fmt.Sprintf("%s[%d]", path, i)
 		if err != nil {
@@ -377,7 +400,11 @@ func (d *decoder) unknownFields(path string, m map[string]json.RawMessage, known
 		bad = append(bad, k)
 	}
 	slices.Sort(bad)
-	for _, k := range bad {
+	for i, k := range bad {
+		if d.full() {
+			d.more += len(bad) - i // no need to look for their spelling
+			return
+		}
 		candidates := known
 		if plugin {
 			candidates = append(slices.Clip(known), cniFields...)
@@ -394,11 +421,11 @@ func (d *decoder) unknownFields(path string, m map[string]json.RawMessage, known
 	}
 }
 
+var separators = strings.NewReplacer("_", "", "-", "", " ", "")
+
 // closest returns the candidate that k is an obvious misspelling of, or "".
 func closest(k string, candidates []string) string {
-	norm := func(s string) string {
-		return strings.ToLower(strings.NewReplacer("_", "", "-", "", " ", "").Replace(s))
-	}
+	norm := func(s string) string { return strings.ToLower(separators.Replace(s)) }
 	if len(k) > 40 {
 		return ""
 	}

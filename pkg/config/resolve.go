@@ -161,7 +161,12 @@ func (r Rule) apply(s *Spec) {
 // than being ignored, so that the pod's owner learns why at once.
 func (a AnnotationPolicy) apply(s *Spec, ann map[string]string) error {
 	var errs []string
+	more := 0
 	fail := func(key, format string, args ...any) {
+		if len(errs) >= maxErrors {
+			more++
+			return
+		}
 		errs = append(errs, fmt.Sprintf("pod annotation %q: ", clip(key))+fmt.Sprintf(format, args...))
 	}
 
@@ -172,7 +177,11 @@ func (a AnnotationPolicy) apply(s *Spec, ann map[string]string) error {
 		}
 	}
 	slices.Sort(unknown)
-	for _, k := range unknown {
+	for i, k := range unknown {
+		if len(errs) >= maxErrors {
+			more += len(unknown) - i
+			break
+		}
 		known := []string{AnnotationProbes, AnnotationTimeout, AnnotationSkip}
 		if hint := closest(k, known); hint != "" {
 			fail(k, "unknown netready annotation; did you mean %q?", hint)
@@ -182,11 +191,24 @@ func (a AnnotationPolicy) apply(s *Spec, ann map[string]string) error {
 	}
 
 	if v, ok := ann[AnnotationProbes]; ok {
-		added := 0
+		var items []string
 		for item := range strings.SplitSeq(v, ",") {
-			if item = strings.TrimSpace(item); item == "" {
-				continue
+			if item = strings.TrimSpace(item); item != "" {
+				items = append(items, item)
 			}
+		}
+		// Even if every configured probe were repeated, this is too many:
+		// say so before parsing thousands of URLs.
+		if limit := a.MaxProbes + len(s.Probes); len(items) > limit {
+			fail(AnnotationProbes, "lists %d probes, more than annotations.maxProbes %d", len(items), a.MaxProbes)
+			items = nil
+		}
+		have := make(map[string]bool, len(s.Probes)+len(items))
+		for _, q := range s.Probes {
+			have[q.URL] = true
+		}
+		added := 0
+		for _, item := range items {
 			p, err := ParseProbe(item)
 			if err != nil {
 				fail(AnnotationProbes, "%v", err)
@@ -194,9 +216,10 @@ func (a AnnotationPolicy) apply(s *Spec, ann map[string]string) error {
 			}
 			// The pod's owner may not know what the node already checks:
 			// asking again for a configured probe is harmless.
-			if slices.ContainsFunc(s.Probes, func(q Probe) bool { return q.URL == p.URL }) {
+			if have[p.URL] {
 				continue
 			}
+			have[p.URL] = true
 			p.Origin = "annotation"
 			s.Probes = append(s.Probes, p)
 			added++
@@ -232,6 +255,9 @@ func (a AnnotationPolicy) apply(s *Spec, ann map[string]string) error {
 		}
 	}
 
+	if more > 0 {
+		errs = append(errs, fmt.Sprintf("and %d more", more))
+	}
 	if len(errs) > 0 {
 		return types.NewError(types.ErrInvalidNetworkConfig, "netready: "+strings.Join(errs, "; "), "")
 	}

@@ -46,16 +46,18 @@ func (p Pod) families() (v4, v6 bool) {
 // of spec holds. The error is for what prevents gating at all (a missing
 // netns); unmet conditions are in the report.
 func Run(ctx context.Context, spec config.Spec, pod Pod) (*gate.Report, error) {
-	view, err := netstate.Open(pod.NetNS)
-	if err != nil {
-		return nil, err
-	}
-	defer view.Close()
+	// probe.OpenNetNS first: it tells a missing netns from a file that is
+	// not a netns, in words an operator can act on.
 	sockets, err := probe.OpenNetNS(pod.NetNS)
 	if err != nil {
 		return nil, err
 	}
 	defer sockets.Close()
+	view, err := netstate.Open(pod.NetNS)
+	if err != nil {
+		return nil, err
+	}
+	defer view.Close()
 
 	// Watch before the first evaluation, so no change falls in between.
 	podChanged := make(chan struct{}, 1)

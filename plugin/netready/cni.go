@@ -166,7 +166,7 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *c
 
 	report, err := podcheck.Run(ctx, spec, pod)
 	if err != nil {
-		return types.NewError(types.ErrInvalidNetNS, err.Error(), "")
+		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS: "+err.Error(), "")
 	}
 	rec.report = report
 	waited := time.Since(p.start).Round(time.Millisecond)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -24,7 +25,8 @@ type record struct {
 	verb    string
 	args    *skel.CmdArgs
 	logFile string
-	pod     string // namespace/name, when the runtime said
+	pod     string   // namespace/name, when the runtime said
+	secrets []string // annotation values the log must not show
 	outcome string
 	reason  string
 	level   slog.Level
@@ -41,6 +43,22 @@ func (r *record) setPod(pod config.Pod) {
 	if pod.Namespace != "" || pod.Name != "" {
 		r.pod = pod.Namespace + "/" + pod.Name
 	}
+	// Annotation values are the pod owner's, and the node's log may be read
+	// by others: only probe URLs (already without userinfo) may appear.
+	for k, v := range pod.Annotations {
+		if k != config.AnnotationProbes && v != "" {
+			r.secrets = append(r.secrets, v)
+		}
+	}
+}
+
+// redact removes annotation values from a message bound for the log. The
+// runtime still gets the whole message: the pod's owner wrote those values.
+func (r *record) redact(msg string) string {
+	for _, v := range r.secrets {
+		msg = strings.ReplaceAll(msg, v, "<redacted>")
+	}
+	return msg
 }
 
 // fail notes err (if any) as the invocation's outcome and returns it.
@@ -126,9 +144,9 @@ func (r *record) write() {
 	if r.err != nil {
 		var e *types.Error
 		if errors.As(r.err, &e) {
-			attrs = append(attrs, slog.Uint64("code", uint64(e.Code)), slog.String("error", e.Msg))
+			attrs = append(attrs, slog.Uint64("code", uint64(e.Code)), slog.String("error", r.redact(e.Msg)))
 		} else {
-			attrs = append(attrs, slog.String("error", r.err.Error()))
+			attrs = append(attrs, slog.String("error", r.redact(r.err.Error())))
 		}
 	}
 	log.LogAttrs(context.Background(), r.level, "netready "+r.verb, attrs...)
