@@ -116,6 +116,7 @@ type Status struct {
 // Report is the outcome of a gate run.
 type Report struct {
 	Conditions []Status
+	Start      time.Time // when the gate started; Status.After counts from here
 	Waited     time.Duration
 	// Err is why the gate stopped before all conditions held: the context was
 	// cancelled (Err is then its cause, which wraps context.Canceled when it
@@ -216,7 +217,7 @@ func Run(ctx context.Context, conds []Condition, opt Options) *Report {
 	}
 	err := r.loop()
 	r.stopAll()
-	rep := &Report{Conditions: r.status, Waited: time.Since(r.start), Err: err}
+	rep := &Report{Conditions: r.status, Start: r.start, Waited: time.Since(r.start), Err: err}
 	return rep
 }
 

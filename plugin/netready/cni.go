@@ -179,18 +179,18 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *c
 		// cannot help. The condition at fault is in the summary.
 		rec.outcome = "failed"
 		return types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("pod network cannot become ready (after %v): %s", waited, report.Summary()), details(report))
+			fmt.Sprintf("pod network cannot become ready (after %v): %s", waited, report.Summary()), details(report, p.start))
 	case report.Err != nil:
 		// A signal from the runtime, the netns removed under us.
 		rec.outcome = "interrupted"
 		return types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("stopped waiting after %v: %v; unmet: %s", waited, report.Err, report.Summary()), details(report))
+			fmt.Sprintf("stopped waiting after %v: %v; unmet: %s", waited, report.Err, report.Summary()), details(report, p.start))
 	case spec.OnTimeout == config.Allow:
 		rec.outcome, rec.level = "timeout-allowed", levelWarn
 		return nil
 	}
 	rec.outcome = "timeout"
-	return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod network not ready after %v: %s", waited, report.Summary()), details(report))
+	return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod network not ready after %v: %s", waited, report.Summary()), details(report, p.start))
 }
 
 // podFromResult takes the sandbox interfaces, their addresses and gateways
@@ -243,8 +243,8 @@ func podFromResult(args *skel.CmdArgs, prev *current.Result) (podcheck.Pod, erro
 }
 
 // details is the report as JSON, for the error's details field.
-func details(r *gate.Report) string {
-	b, err := json.Marshal(conditionLogs(r))
+func details(r *gate.Report, start time.Time) string {
+	b, err := json.Marshal(conditionLogs(r, start))
 	if err != nil {
 		return ""
 	}

@@ -89,12 +89,15 @@ type probeLog struct {
 	Origin string `json:"origin"`
 }
 
-func conditionLogs(r *gate.Report) []condLog {
+// conditionLogs lists the conditions; after_ms counts from start (the
+// plugin's), like total_ms, so both can be laid on one clock.
+func conditionLogs(r *gate.Report, start time.Time) []condLog {
+	offset := r.Start.Sub(start)
 	out := make([]condLog, 0, len(r.Conditions))
 	for _, c := range r.Conditions {
 		l := condLog{Name: c.Name, Ready: c.Ready, Attempts: c.Attempts}
 		if c.Ready {
-			l.AfterMS = ms(c.After)
+			l.AfterMS = ms(offset + c.After)
 		} else if c.LastErr != nil {
 			l.Error = c.LastErr.Error()
 		}
@@ -123,7 +126,7 @@ func (r *record) write() {
 	if r.reason != "" {
 		attrs = append(attrs, slog.String("reason", r.reason))
 	}
-	if s := r.spec; s != nil {
+	if s := r.spec; s != nil && !s.Skipped { // a skipped pod's rule and probes do not apply
 		if s.Rule != "" {
 			attrs = append(attrs, slog.String("rule", s.Rule))
 		}
@@ -139,7 +142,7 @@ func (r *record) write() {
 		}
 	}
 	if r.report != nil {
-		attrs = append(attrs, slog.Any("conditions", conditionLogs(r.report)))
+		attrs = append(attrs, slog.Any("conditions", conditionLogs(r.report, r.p.start)))
 	}
 	if r.err != nil {
 		var e *types.Error
