@@ -66,16 +66,18 @@ func TestADDEndsWhenThePodGoesAway(t *testing.T) {
 				t.Fatal(err)
 			}
 			pod := newPod(t, b)
-			var torn time.Time
+			torn := make(chan time.Time, 1)
+			tornDown := make(chan error, 1)
 			go func() {
 				time.Sleep(500 * time.Millisecond)
-				torn = time.Now()
-				if err := tc.tearDown(ctx, pod); err != nil {
-					t.Error(err)
-				}
+				torn <- time.Now()
+				tornDown <- tc.tearDown(ctx, pod)
 			}()
 			_, err := b.Add(ctx, list, pod)
-			took := time.Since(torn)
+			took := time.Since(<-torn)
+			if err := <-tornDown; err != nil {
+				t.Fatal(err)
+			}
 			if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("ADD: %v; want code 11 saying %q", err, tc.want)
 			}
