@@ -6,13 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
@@ -120,7 +117,7 @@ func TestConformanceVersions(t *testing.T) {
 			podFail := newPod(t, b)
 			if _, err := cvAddErr(ctx, b, failing, podFail); err == nil {
 				t.Errorf("ADD gated on a target that never answers succeeded")
-			} else if code := cvCode(err); code != types.ErrTryAgainLater {
+			} else if code := cniCode(err); code != types.ErrTryAgainLater {
 				t.Errorf("failed ADD: %v (code %d), want code %d", err, code, types.ErrTryAgainLater)
 			}
 			for i := range 2 {
@@ -226,14 +223,6 @@ func cvAddErr(ctx context.Context, b *testbed.Bed, list *libcni.NetworkConfigLis
 	return res, err
 }
 
-func cvCode(err error) uint {
-	var e *types.Error
-	if errors.As(err, &e) {
-		return e.Code
-	}
-	return 0
-}
-
 // cvJSON is a result as the runtime reads it.
 func cvJSON(t *testing.T, res types.Result) map[string]any {
 	t.Helper()
@@ -311,32 +300,5 @@ func cvSandboxOf(p *testbed.Pod) *cvSandbox {
 // the sandbox (nil for STATUS and GC, which name none), with conf on stdin.
 func cvExec(t *testing.T, b *testbed.Bed, verb string, sb *cvSandbox, conf []byte) cvResult {
 	t.Helper()
-	env := []string{"PATH=" + os.Getenv("PATH"), "CNI_COMMAND=" + verb, "CNI_PATH=" + b.BinDir}
-	if sb != nil {
-		env = append(env, "CNI_CONTAINERID="+sb.containerID, "CNI_IFNAME="+sb.ifName, "CNI_ARGS="+sb.cniArgs)
-		if sb.netns != "" {
-			env = append(env, "CNI_NETNS="+sb.netns)
-		}
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(b.BinDir, testbed.Netready))
-	cmd.Env = env
-	cmd.Stdin = bytes.NewReader(conf)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := b.Node.Do(cmd.Run)
-	r := cvResult{stdout: stdout.Bytes(), stderr: stderr.Bytes()}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		r.exit = ee.ExitCode()
-	case err != nil:
-		t.Fatalf("running netready %s: %v", verb, err)
-	}
-	var e types.Error
-	if r.exit != 0 && json.Unmarshal(r.stdout, &e) == nil {
-		r.code, r.msg = e.Code, e.Msg+" "+e.Details
-	}
-	return r
+	return cvExecWatched(t, b, verb, sb, conf, nil)
 }

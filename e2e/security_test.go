@@ -306,13 +306,15 @@ func secRead(t *testing.T, path string) []byte {
 	return b
 }
 
-// cvExecWatched is cvExec that reports the child's pid as soon as it started.
+// cvExecWatched is cvExec that reports the child's pid as soon as it started (started may be nil).
 func cvExecWatched(t *testing.T, b *testbed.Bed, verb string, sb *cvSandbox, conf []byte, started func(pid int)) cvResult {
 	t.Helper()
-	env := []string{"PATH=" + os.Getenv("PATH"), "CNI_COMMAND=" + verb, "CNI_PATH=" + b.BinDir,
-		"CNI_CONTAINERID=" + sb.containerID, "CNI_IFNAME=" + sb.ifName, "CNI_ARGS=" + sb.cniArgs}
-	if sb.netns != "" {
-		env = append(env, "CNI_NETNS="+sb.netns)
+	env := []string{"PATH=" + os.Getenv("PATH"), "CNI_COMMAND=" + verb, "CNI_PATH=" + b.BinDir}
+	if sb != nil {
+		env = append(env, "CNI_CONTAINERID="+sb.containerID, "CNI_IFNAME="+sb.ifName, "CNI_ARGS="+sb.cniArgs)
+		if sb.netns != "" {
+			env = append(env, "CNI_NETNS="+sb.netns)
+		}
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -325,7 +327,9 @@ func cvExecWatched(t *testing.T, b *testbed.Bed, verb string, sb *cvSandbox, con
 	if err := b.Node.Do(cmd.Start); err != nil {
 		t.Fatalf("starting netready %s: %v", verb, err)
 	}
-	started(cmd.Process.Pid)
+	if started != nil {
+		started(cmd.Process.Pid)
+	}
 	err := cmd.Wait()
 	r := cvResult{stdout: stdout.Bytes(), stderr: stderr.Bytes()}
 	var ee *exec.ExitError
