@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 30s
 
-.PHONY: all build test unit demo bench fuzz vet clean dist
+.PHONY: all build test unit demo bench fuzz vet clean dist e2e-containerd
 
 all: build
 
@@ -22,6 +22,11 @@ unit:
 vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+# Real containerd + runc + crictl (built from the versions pinned in e2e/containerd/go.mod), the
+# seed scenario with NETREADY_SEED_N pods each way (default 20). Root only; skips otherwise.
+e2e-containerd:
+	cd e2e/containerd && $(GO) test -count=1 -v -timeout 30m ./...
 
 demo:
 	$(GO) run ./e2e/demo
