@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
@@ -42,6 +43,11 @@ func (p Pod) families() (v4, v6 bool) {
 	return v4, v6
 }
 
+// quickRound is how long the first, watcher-less round may take: long
+// enough for a gateway and a target a few milliseconds away to answer, short
+// enough that a path opening meanwhile is seen almost as soon.
+const quickRound = 20 * time.Millisecond
+
 // Run opens the pod's netns and waits, within ctx, until every condition
 // of spec holds. The error is for what prevents gating at all (a missing
 // netns); unmet conditions are in the report.
@@ -58,8 +64,24 @@ func Run(ctx context.Context, spec config.Spec, pod Pod) (*gate.Report, error) {
 		return nil, err
 	}
 	defer view.Close()
+	conds, err := Conditions(spec, pod, view, sockets)
+	if err != nil {
+		return nil, err
+	}
+	opts := gate.Options{Interval: spec.Interval, MaxInterval: spec.MaxInterval, AttemptTimeout: spec.AttemptTimeout}
 
-	// Watch before the first evaluation, so no change falls in between.
+	// Most pods find their network already working: one quick round first,
+	// before paying for watchers (three netlink sockets, and a wake-up for
+	// every change on a busy node). If anything is unmet, the full gate
+	// below starts over with its watchers in place, so no change is missed.
+	quick, cancelQuick := context.WithTimeout(ctx, quickRound)
+	rep := gate.Run(quick, conds, opts)
+	cancelQuick()
+	if rep.Ready() || rep.Err != nil {
+		return rep, nil
+	}
+
+	// Watch before the gate's first evaluation, so no change falls in between.
 	podChanged := make(chan struct{}, 1)
 	pw, err := netstate.WatchNetNS(pod.NetNS, podChanged)
 	if err != nil {
@@ -73,10 +95,6 @@ func Run(ctx context.Context, spec config.Spec, pod Pod) (*gate.Report, error) {
 	}
 	defer nw.Close()
 
-	conds, err := Conditions(spec, pod, view, sockets)
-	if err != nil {
-		return nil, err
-	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stop, err := watchRemoval(pod.NetNS, cancel)
@@ -84,13 +102,8 @@ func Run(ctx context.Context, spec config.Spec, pod Pod) (*gate.Report, error) {
 		return nil, err
 	}
 	defer stop()
-	return gate.Run(ctx, conds, gate.Options{
-		Interval:       spec.Interval,
-		MaxInterval:    spec.MaxInterval,
-		AttemptTimeout: spec.AttemptTimeout,
-		PodChanged:     podChanged,
-		NodeChanged:    nodeChanged,
-	}), nil
+	opts.PodChanged, opts.NodeChanged = podChanged, nodeChanged
+	return gate.Run(ctx, conds, opts), nil
 }
 
 // Conditions lists what must hold in the order an operator reads them:
