@@ -4,18 +4,23 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 30s
 
-.PHONY: all build test unit demo bench fuzz vet clean dist e2e-containerd
+.PHONY: all build test unit demo bench fuzz vet clean dist e2e e2e-containerd
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/netready ./plugin/netready
 
-# Root-only tests skip with a reason when not run as root. The containerd tier (a module of its own,
-# which ./... does not enter) runs here with 3 pods each way (-short); e2e-containerd runs 20.
+# Root-only tests skip with a reason when not run as root. ./... covers the libcni tier (e2e/);
+# the containerd tier is a module of its own, which ./... does not enter.
 test: build vet
 	$(GO) test -count=1 -timeout 20m ./...
-	cd e2e/containerd && $(GO) vet ./... && $(GO) test -count=1 -short -timeout 30m ./...
+	$(MAKE) e2e-containerd
+
+# Both end-to-end tiers. E2E_JSON=FILE writes the seed scenario's figures there.
+e2e: build
+	$(GO) test -count=1 -timeout 20m ./e2e/...
+	$(MAKE) e2e-containerd
 
 # The tests that need neither root nor network namespaces.
 unit:
@@ -28,7 +33,8 @@ vet:
 # Real containerd + runc + crictl (built from the versions pinned in e2e/containerd/go.mod), the
 # seed scenario with NETREADY_SEED_N pods each way (default 20). Root only; skips otherwise.
 e2e-containerd:
-	cd e2e/containerd && $(GO) test -count=1 -v -timeout 30m ./...
+	cd e2e/containerd && $(GO) vet ./... && \
+		NETREADY_SEED_JSON=$(if $(E2E_JSON),$(abspath $(E2E_JSON))) $(GO) test -count=1 -v -timeout 30m ./...
 
 demo:
 	$(GO) run ./e2e/demo
