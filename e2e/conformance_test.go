@@ -115,7 +115,7 @@ func TestConformanceVersions(t *testing.T) {
 			// runtime DELs the sandbox (twice: kubelet retries).
 			failing := confList(t, b, testbed.K3sConflist(v, cvNetready(`"timeout":"300ms","probes":["tcp://198.51.100.99:5432"]`)))
 			podFail := newPod(t, b)
-			if _, err := cvAddErr(ctx, b, failing, podFail); err == nil {
+			if _, err := b.AddRaw(ctx, failing, podFail); err == nil {
 				t.Errorf("ADD gated on a target that never answers succeeded")
 			} else if code := cniCode(err); code != types.ErrTryAgainLater {
 				t.Errorf("failed ADD: %v (code %d), want code %d", err, code, types.ErrTryAgainLater)
@@ -206,21 +206,11 @@ func cvIndex(t *testing.T, v string) int {
 // cvAdd is ADD through libcni, keeping the result in the version the chain answered in.
 func cvAdd(ctx context.Context, t *testing.T, b *testbed.Bed, list *libcni.NetworkConfigList, p *testbed.Pod) types.Result {
 	t.Helper()
-	res, err := cvAddErr(ctx, b, list, p)
+	res, err := b.AddRaw(ctx, list, p)
 	if err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
 	return res
-}
-
-func cvAddErr(ctx context.Context, b *testbed.Bed, list *libcni.NetworkConfigList, p *testbed.Pod) (types.Result, error) {
-	var res types.Result
-	err := b.Node.Do(func() error {
-		var err error
-		res, err = b.CNI().AddNetworkList(ctx, list, p.RuntimeConf())
-		return err
-	})
-	return res, err
 }
 
 // cvJSON is a result as the runtime reads it.

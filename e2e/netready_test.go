@@ -45,7 +45,7 @@ func TestNetreadyReadyAtOnce(t *testing.T) {
 			plain := confList(t, b, testbed.K3sConflist(cniVersion))
 			ref := newPod(t, b)
 			start := time.Now()
-			refRaw, err := addRaw(ctx, b, plain, ref)
+			refRaw, err := b.AddRaw(ctx, plain, ref)
 			if err != nil {
 				t.Fatalf("ADD without netready: %v", err)
 			}
@@ -57,7 +57,7 @@ func TestNetreadyReadyAtOnce(t *testing.T) {
 			})))
 			pod := newPod(t, b)
 			start = time.Now()
-			raw, err := addRaw(ctx, b, gated, pod)
+			raw, err := b.AddRaw(ctx, gated, pod)
 			took := time.Since(start)
 			if err != nil {
 				t.Fatalf("ADD with netready: %v", err)
@@ -653,18 +653,6 @@ func blockGateway(ctx context.Context, t *testing.T, b *testbed.Bed) func(at tim
 		}()
 		return ch
 	}
-}
-
-// addRaw is Bed.Add without the conversion to the current result version, so that the version the
-// chain answered in can be checked.
-func addRaw(ctx context.Context, b *testbed.Bed, list *libcni.NetworkConfigList, p *testbed.Pod) (types.Result, error) {
-	var res types.Result
-	err := b.Node.Do(func() error {
-		var err error
-		res, err = b.CNI().AddNetworkList(ctx, list, p.RuntimeConf())
-		return err
-	})
-	return res, err
 }
 
 // execLastPlugin runs ADD of the list's last plugin alone, with prev as its prevResult, as libcni

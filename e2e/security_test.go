@@ -38,7 +38,7 @@ func TestSecurityNoSideEffects(t *testing.T) {
 	ctx := testContext(t)
 	b := testbed.New(t, testbed.Options{Plugins: testbed.WithNetready, DualStack: true, PluginStderr: cvLogWriter{t}})
 	pod := newPod(t, b)
-	res, err := cvAddErr(ctx, b, confList(t, b, testbed.K3sConflist("1.0.0")), pod)
+	res, err := b.AddRaw(ctx, confList(t, b, testbed.K3sConflist("1.0.0")), pod)
 	if err != nil {
 		t.Fatalf("ADD of the chain without netready: %v", err)
 	}
@@ -126,7 +126,7 @@ func TestSecurityAnnotationCaps(t *testing.T) {
 	ctx := testContext(t)
 	b := testbed.New(t, testbed.Options{Plugins: testbed.WithNetready, PluginStderr: cvLogWriter{t}})
 	pod := newPod(t, b)
-	res, err := cvAddErr(ctx, b, confList(t, b, testbed.K3sConflist("1.0.0")), pod)
+	res, err := b.AddRaw(ctx, confList(t, b, testbed.K3sConflist("1.0.0")), pod)
 	if err != nil {
 		t.Fatalf("ADD of the chain without netready: %v", err)
 	}
@@ -186,7 +186,7 @@ func TestSecurityLogRedaction(t *testing.T) {
 	ctx := testContext(t)
 	b := testbed.New(t, testbed.Options{Plugins: testbed.WithNetready, PluginStderr: cvLogWriter{t}})
 	pod := newPod(t, b)
-	res, err := cvAddErr(ctx, b, confList(t, b, testbed.K3sConflist("1.0.0")), pod)
+	res, err := b.AddRaw(ctx, confList(t, b, testbed.K3sConflist("1.0.0")), pod)
 	if err != nil {
 		t.Fatalf("ADD of the chain without netready: %v", err)
 	}

@@ -185,16 +185,23 @@ func (p *Pod) RuntimeConf() *libcni.RuntimeConf {
 // Add runs ADD of the list for the pod, as the runtime does: libcni, from a thread in the node
 // netns, so every plugin runs in the node netns. Errors from a plugin are *types.Error (errors.As).
 func (b *Bed) Add(ctx context.Context, list *libcni.NetworkConfigList, p *Pod) (*current.Result, error) {
+	res, err := b.AddRaw(ctx, list, p)
+	if err != nil {
+		return nil, err
+	}
+	return current.NewResultFromResult(res)
+}
+
+// AddRaw is Add without the conversion to the current result version, so that the version the
+// chain answered in can be checked.
+func (b *Bed) AddRaw(ctx context.Context, list *libcni.NetworkConfigList, p *Pod) (types.Result, error) {
 	var res types.Result
 	err := b.Node.Do(func() error {
 		var err error
 		res, err = b.cni.AddNetworkList(ctx, list, p.RuntimeConf())
 		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	return current.NewResultFromResult(res)
+	return res, err
 }
 
 // Check runs CHECK of the list for the pod (lists of cniVersion 0.4.0 and later).
