@@ -22,7 +22,6 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/netready/netready/e2e/testbed"
@@ -335,54 +334,6 @@ func (ds tier1Durations) String() string {
 	round := func(d time.Duration) time.Duration { return d.Round(10 * time.Microsecond) }
 	return fmt.Sprintf("n=%d min=%v p50=%v mean=%v max=%v", len(s), round(s[0]), round(s[len(s)/2]),
 		round(sum/time.Duration(len(s))), round(s[len(s)-1]))
-}
-
-// tier1SettleIPv6 waits until IPv6 runs on every link of the bed's node, router and db: each has
-// its link-local address, which addrconf adds only once it has seen the link's carrier. The
-// kernel reports carrier changes through linkwatch, which runs at most once a second, so for up
-// to a second after Start the router may not answer neighbour solicitations on to-node: the
-// node's first IPv6 packet towards the db then waits for the NS retransmission, a full second
-// (IPv4's ARP is not affected). A real node's uplink has been up for long; the bed's should be
-// too before a test measures IPv6 timings.
-func tier1SettleIPv6(t *testing.T, b *testbed.Bed) {
-	t.Helper()
-	start := time.Now()
-	links := map[*testbed.Netns][]string{b.Node: {"uplink"}, b.Router: {"to-node", "to-db"}, b.DB: {"eth0"}}
-	for {
-		var missing []string
-		for n, names := range links {
-			h, err := n.Netlink()
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, name := range names {
-				link, err := h.LinkByName(name)
-				if err != nil {
-					h.Delete()
-					t.Fatal(err)
-				}
-				addrs, err := h.AddrList(link, netlink.FAMILY_V6)
-				if err != nil {
-					h.Delete()
-					t.Fatal(err)
-				}
-				if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool {
-					return a.IP.IsLinkLocalUnicast() && a.Flags&unix.IFA_F_TENTATIVE == 0
-				}) {
-					missing = append(missing, n.Name+"/"+name)
-				}
-			}
-			h.Delete()
-		}
-		if len(missing) == 0 {
-			t.Logf("IPv6 up on the bed's links %v after Start returned", time.Since(start).Round(time.Millisecond))
-			return
-		}
-		if time.Since(start) > 5*time.Second {
-			t.Fatalf("IPv6 not up after %v on %v", time.Since(start), missing)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // tier1ResultAddr is the first IPv4 address of a CNI result.

@@ -264,7 +264,6 @@ func TestTier1DualStackProbes(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
 	b := tier1Bed(t, true)
-	tier1SettleIPv6(t, b)
 	logFile := tier1LogFile(b, "dualstack")
 	tcp6 := "tcp://" + testbed.DBTCP6.String()
 	icmp6 := "icmp://[" + testbed.DBAddr6.String() + "]"

@@ -18,6 +18,8 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/version"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // The addresses of every bed (see the package comment).
@@ -163,6 +165,11 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 	}
 	if err := b.wire(ctx); err != nil {
 		return b, fmt.Errorf("testbed: wiring %s: %w", prefix, err)
+	}
+	if b.DualStack {
+		if err := b.settleIPv6(ctx); err != nil {
+			return b, fmt.Errorf("testbed: %s: %w", prefix, err)
+		}
 	}
 	if b.servers, err = startServers(b.DB); err != nil {
 		return b, fmt.Errorf("testbed: db servers: %w", err)
@@ -354,4 +361,62 @@ func RemoveStale() ([]string, error) {
 		}
 	}
 	return removed, errors.Join(errs...)
+}
+
+// settleIPv6 waits until IPv6 runs on every link of the node, router and db: each has its
+// link-local address, which addrconf adds only once it has seen the link's carrier. The kernel
+// reports carrier changes through linkwatch, at most once a second, so for up to a second after
+// wiring the router may not answer neighbour solicitations on to-node, and the node's first IPv6
+// packet towards the db waits a full second for the retransmission (IPv4's ARP is not affected).
+// A real node's uplink has been up for long; the bed's must be too before a test measures IPv6.
+func (b *Bed) settleIPv6(ctx context.Context) error {
+	links := map[*Netns][]string{b.Node: {"uplink"}, b.Router: {"to-node", "to-db"}, b.DB: {"eth0"}}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		var missing []string
+		for n, names := range links {
+			h, err := n.Netlink()
+			if err != nil {
+				return err
+			}
+			for _, name := range names {
+				addrs, err := linkLocal(h, name)
+				if err != nil {
+					h.Delete()
+					return err
+				}
+				if !addrs {
+					missing = append(missing, n.Name+"/"+name)
+				}
+			}
+			h.Delete()
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("IPv6 link-local addresses not ready on %v: %w", missing, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// linkLocal reports whether link name has a usable (not tentative) IPv6 link-local address.
+func linkLocal(h *netlink.Handle, name string) (bool, error) {
+	link, err := h.LinkByName(name)
+	if err != nil {
+		return false, err
+	}
+	addrs, err := h.AddrList(link, netlink.FAMILY_V6)
+	if err != nil {
+		return false, err
+	}
+	for _, a := range addrs {
+		if a.IP.IsLinkLocalUnicast() && a.Flags&unix.IFA_F_TENTATIVE == 0 {
+			return true, nil
+		}
+	}
+	return false, nil
 }
