@@ -14,6 +14,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/skel"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/types/create"
+
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
 	"github.com/netready/netready/pkg/netstate"
@@ -31,12 +35,14 @@ const usage = `netready: a chained CNI plugin that holds ADD until the pod's net
 
 Run by a container runtime (CNI_COMMAND set), it speaks CNI. Run by hand:
 
-  netready check --netns PATH --conf FILE [--pod NS/NAME] [--annotation K=V ...] [--timeout DUR]
+  netready check --netns PATH --conf FILE [--pod NS/NAME] [--annotation K=V ...]
+                 [--prev-result FILE] [--timeout DUR]
       Wait, as ADD would, until the netns's network is ready, and print each
       condition and when it held. FILE is a conflist (its netready entry is
       used) or a netready plugin object. The links, addresses and gateways
-      are read from the netns itself. Exit 0 ready, 1 not ready, 2 usage or
-      config error.
+      come from --prev-result (a CNI result, e.g. from the runtime's cache
+      under /var/lib/cni/results) or else from the netns itself. Exit 0
+      ready, 1 not ready, 2 usage or config error.
   netready explain --conf FILE [--pod NS/NAME] [--annotation K=V ...] [--json]
       Print the spec netready would enforce for that pod (probes and where
       each came from, timeout, onTimeout, gateway, defaultRoute, skipped or
@@ -79,6 +85,7 @@ func cliCheck(args []string, stdout, stderr io.Writer) int {
 	var ann annotations
 	fs.Var(&ann, "annotation", "a pod annotation KEY=VALUE (repeatable)")
 	timeout := fs.Duration("timeout", 0, "override the config's timeout")
+	prevPath := fs.String("prev-result", "", "a CNI result JSON naming the pod's interfaces, addresses and gateways")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -98,7 +105,7 @@ func cliCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "skipped: %s\n", spec.SkipReason)
 		return exitReady
 	}
-	pod, err := podFromNetNS(*netnsPath)
+	pod, err := cliPod(*netnsPath, *prevPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "netready check: %v\n", err)
 		return exitUsage
@@ -160,6 +167,28 @@ func cliSpec(path, podName string, ann annotations) (config.Spec, error) {
 		pod.Namespace, pod.Name = ns, name
 	}
 	return conf.Resolve(pod)
+}
+
+// cliPod is the pod as prevResult describes it, or as its netns shows it.
+func cliPod(netnsPath, prevPath string) (podcheck.Pod, error) {
+	if prevPath == "" {
+		return podFromNetNS(netnsPath)
+	}
+	data, err := os.ReadFile(prevPath)
+	if err != nil {
+		return podcheck.Pod{}, err
+	}
+	res, err := create.CreateFromBytes(data)
+	if err != nil {
+		return podcheck.Pod{}, fmt.Errorf("--prev-result %s: %w", prevPath, err)
+	}
+	prev, err := current.NewResultFromResult(res)
+	if err != nil {
+		return podcheck.Pod{}, fmt.Errorf("--prev-result %s: %w", prevPath, err)
+	}
+	// The runtime's name for the pod's interface is eth0 (CNI_IFNAME), used
+	// for results too old to say which interface an address is on.
+	return podFromResult(&skel.CmdArgs{Netns: netnsPath, IfName: "eth0"}, prev)
 }
 
 // podFromNetNS stands in for prevResult: the netns's own links, addresses

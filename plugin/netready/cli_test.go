@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestCLICheck runs `netready check` against a real netns whose gateway
+// answers, with the pod read from the netns and from a prevResult file.
+func TestCLICheck(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces")
+	}
+	pod, peer := fmt.Sprintf("nrcli-%d-pod", os.Getpid()), fmt.Sprintf("nrcli-%d-peer", os.Getpid())
+	for _, name := range []string{pod, peer} {
+		run(t, "ip", "netns", "add", name)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	}
+	run(t, "ip", "-n", pod, "link", "add", "eth0", "type", "veth", "peer", "name", "gw0", "netns", peer)
+	run(t, "ip", "-n", pod, "addr", "add", "10.99.0.2/24", "dev", "eth0")
+	run(t, "ip", "-n", peer, "addr", "add", "10.99.0.1/24", "dev", "gw0")
+	run(t, "ip", "-n", peer, "link", "set", "gw0", "up")
+	run(t, "ip", "-n", pod, "link", "set", "eth0", "up")
+	run(t, "ip", "-n", pod, "route", "add", "default", "via", "10.99.0.1")
+
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	conf := write("conf.json", `{"cniVersion":"1.0.0","name":"cbr0","plugins":[{"type":"bridge"},`+
+		`{"type":"netready","timeout":"2s","probes":["icmp://10.99.0.1","tcp://10.99.0.1:9?refused=ok"]}]}`)
+	prev := write("prev.json", `{"cniVersion":"1.0.0","interfaces":[{"name":"cni0"},{"name":"eth0","sandbox":"x"}],`+
+		`"ips":[{"address":"10.99.0.2/24","gateway":"10.99.0.1","interface":1}]}`)
+	unreachable := write("unreachable.json", `{"type":"netready","timeout":"300ms","probes":["icmp://10.99.0.3"]}`)
+	netns := "/var/run/netns/" + pod
+
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want []string
+	}{
+		{"from the netns", []string{"--netns", netns, "--conf", conf}, exitReady,
+			[]string{"link eth0", "gateway 10.99.0.1", "icmp://10.99.0.1", "tcp://10.99.0.1:9?refused=ok", "ready after"}},
+		{"from a prevResult", []string{"--netns", netns, "--conf", conf, "--prev-result", prev}, exitReady,
+			[]string{"address 10.99.0.2 on eth0", "gateway 10.99.0.1", "ready after"}},
+		{"not ready", []string{"--netns", netns, "--conf", unreachable}, exitNotReady,
+			[]string{"icmp://10.99.0.3", "no", "NOT READY after"}},
+		{"no such netns", []string{"--netns", netns + "-gone", "--conf", conf}, exitUsage, []string{"-gone: no such file or directory"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			code := runCLI(append([]string{"check"}, tc.args...), &out, &out)
+			if code != tc.code {
+				t.Errorf("exit %d, want %d:\n%s", code, tc.code, out.String())
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}
+
+func run(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
