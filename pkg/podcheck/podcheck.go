@@ -103,7 +103,29 @@ func Run(ctx context.Context, spec config.Spec, pod Pod) (*gate.Report, error) {
 	}
 	defer stop()
 	opts.PodChanged, opts.NodeChanged = podChanged, nodeChanged
-	return gate.Run(ctx, conds, opts), nil
+	return merge(rep, gate.Run(ctx, conds, opts)), nil
+}
+
+// merge reports the quick round and the full gate as one run: times count
+// from the quick round's start, attempts add up, and a condition that held
+// in both rounds held from when it first did.
+func merge(quick, full *gate.Report) *gate.Report {
+	shift := full.Start.Sub(quick.Start)
+	full.Start, full.Waited = quick.Start, full.Waited+shift
+	for i := range full.Conditions {
+		c, q := &full.Conditions[i], quick.Conditions[i]
+		c.Attempts += q.Attempts
+		switch {
+		case c.Ready && q.Ready:
+			c.After = q.After
+		case c.Ready:
+			c.After += shift
+		}
+		if c.LastErr == nil && !c.Ready {
+			c.LastErr = q.LastErr
+		}
+	}
+	return full
 }
 
 // Conditions lists what must hold in the order an operator reads them:
