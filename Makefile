@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 30s
 
-.PHONY: all build test unit demo bench fuzz vet clean dist e2e e2e-containerd
+.PHONY: all build test unit demo bench fuzz vet clean dist dist-check e2e e2e-containerd
 
 all: build
 
@@ -16,6 +16,7 @@ build:
 test: build vet
 	$(GO) test -count=1 -timeout 20m ./...
 	$(MAKE) e2e-containerd
+	$(MAKE) dist-check
 
 # Both end-to-end tiers. E2E_JSON=FILE writes the seed scenario's figures there.
 e2e: build
@@ -78,3 +79,7 @@ dist:
 	done
 	rm -rf dist/stage
 	cd dist && sha256sum netready-$(VERSION)-linux-*.tar.gz >SHA256SUMS
+
+# The tarballs' binaries run on amd64, arm64 and armv7 (the last two under qemu-user).
+dist-check: dist
+	bash scripts/dist-check.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what netready's tests need on a Debian machine, as root: iproute2
 # (ip netns), nftables (the tests' fault injection and the node watcher's
-# nftables events) and iptables (portmap's rules). Go itself must already be
+# nftables events), iptables (portmap's rules) and qemu-user-static (to run
+# the arm64 and armv7 release binaries). Go itself must already be
 # on the machine; the Go modules the tests build (the reference CNI plugins)
 # are pinned in go.mod and fetched by the go command.
 set -euo pipefail
@@ -10,6 +11,7 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static) # make dist-check runs the arm builds
 
 if [ "${#need[@]}" -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then

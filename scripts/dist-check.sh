@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Checks what `make dist` built: the checksums hold, each tarball has its files, and each binary
+# runs on its architecture (arm64 and armv7 under qemu-user, from Debian's qemu-user-static) and
+# validates the shipped conflist the way the bootstrap script does.
+set -euo pipefail
+cd "$(dirname "$0")/../dist"
+sha256sum --quiet -c SHA256SUMS
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+for tarball in netready-*-linux-*.tar.gz; do
+	arch=${tarball##*-linux-}
+	arch=${arch%.tar.gz}
+	case $arch in
+	amd64) run=() ;;
+	arm64) run=(qemu-aarch64-static) ;;
+	arm) run=(qemu-arm-static) ;;
+	*) echo "dist-check: unexpected architecture in $tarball" >&2; exit 1 ;;
+	esac
+	tar -xzf "$tarball" -C "$work"
+	dir=$work/${tarball%.tar.gz}
+	for f in netready k3s-node-bootstrap.sh LICENSE INSTALL.md conflist/10-flannel-netready.conflist; do
+		[ -e "$dir/$f" ] || { echo "dist-check: $tarball lacks $f" >&2; exit 1; }
+	done
+	if [ "${#run[@]}" -gt 0 ] && ! command -v "${run[0]}" >/dev/null; then
+		echo "dist-check: ${run[0]} not found (scripts/test-deps.sh installs qemu-user-static)" >&2
+		exit 1
+	fi
+	"${run[@]}" "$dir/netready" version
+	"${run[@]}" "$dir/netready" explain --conf "$dir/conflist/10-flannel-netready.conflist" --pod default/web >/dev/null
+done
+echo "dist-check: every tarball runs on its architecture"
