@@ -37,15 +37,7 @@ func TestSecurityNoSideEffects(t *testing.T) {
 	rootForward := readRootForward(t)
 	ctx := testContext(t)
 	b := testbed.New(t, testbed.Options{Plugins: testbed.WithNetready, DualStack: true, PluginStderr: cvLogWriter{t}})
-	pod := newPod(t, b)
-	res, err := b.AddRaw(ctx, confList(t, b, testbed.K3sConflist("1.0.0")), pod)
-	if err != nil {
-		t.Fatalf("ADD of the chain without netready: %v", err)
-	}
-	prev, err := json.Marshal(res)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pod, prev := plainPod(ctx, t, b)
 	logDir := t.TempDir()
 	logFile := filepath.Join(logDir, "netready.log")
 	db, db6 := testbed.DBAddr.String(), testbed.DBAddr6.String()
@@ -125,15 +117,7 @@ func TestSecurityAnnotationCaps(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
 	b := testbed.New(t, testbed.Options{Plugins: testbed.WithNetready, PluginStderr: cvLogWriter{t}})
-	pod := newPod(t, b)
-	res, err := b.AddRaw(ctx, confList(t, b, testbed.K3sConflist("1.0.0")), pod)
-	if err != nil {
-		t.Fatalf("ADD of the chain without netready: %v", err)
-	}
-	prev, err := json.Marshal(res)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pod, prev := plainPod(ctx, t, b)
 	const never = "tcp://198.51.100.99:5432" // no such host behind the router: never answers
 	policy := `"timeout":"500ms","probes":[` + cvQuote(testbed.ProbeDB) + `],` +
 		`"annotations":{"maxTimeout":"1s","maxProbes":2,"allowSkip":false}`
@@ -185,15 +169,7 @@ func TestSecurityLogRedaction(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
 	b := testbed.New(t, testbed.Options{Plugins: testbed.WithNetready, PluginStderr: cvLogWriter{t}})
-	pod := newPod(t, b)
-	res, err := b.AddRaw(ctx, confList(t, b, testbed.K3sConflist("1.0.0")), pod)
-	if err != nil {
-		t.Fatalf("ADD of the chain without netready: %v", err)
-	}
-	prev, err := json.Marshal(res)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pod, prev := plainPod(ctx, t, b)
 	db := testbed.DBAddr.String()
 
 	for _, tc := range []struct {
@@ -724,4 +700,20 @@ func secMaskString(mask uint64) string {
 		}
 	}
 	return strings.Join(s, ",")
+}
+
+// plainPod sets a pod up with K3s's chain without netready and returns it with the chain's
+// result, which the tests then hand netready as prevResult, as libcni would.
+func plainPod(ctx context.Context, t *testing.T, b *testbed.Bed) (*testbed.Pod, []byte) {
+	t.Helper()
+	pod := newPod(t, b)
+	res, err := b.AddRaw(ctx, confList(t, b, testbed.K3sConflist("1.0.0")), pod)
+	if err != nil {
+		t.Fatalf("ADD of the chain without netready: %v", err)
+	}
+	prev, err := json.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pod, prev
 }
