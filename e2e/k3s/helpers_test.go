@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -66,11 +67,12 @@ func waitChain(t *testing.T, n *Node, withNetready bool) []string {
 
 // logLine is the part of netready's log line the tier reads.
 type logLine struct {
-	Verb    string  `json:"verb"`
-	Outcome string  `json:"outcome"`
-	Pod     string  `json:"pod"`
-	TotalMS float64 `json:"total_ms"`
-	Msg     string  `json:"msg"`
+	Time    time.Time `json:"time"` // when the line was written: the end of the ADD
+	Verb    string    `json:"verb"`
+	Outcome string    `json:"outcome"`
+	Pod     string    `json:"pod"`
+	TotalMS float64   `json:"total_ms"`
+	Msg     string    `json:"msg"`
 	Probes  []struct {
 		URL    string `json:"url"`
 		Origin string `json:"origin"`
@@ -115,3 +117,30 @@ func round1(x float64) float64 { return math.Round(x*10) / 10 }
 
 // podName is a valid pod name.
 func podName(parts ...string) string { return strings.ToLower(strings.Join(parts, "-")) }
+
+// netreadyProcs lists the PIDs of running netready plugin processes (the node's CNI bin dir).
+func netreadyProcs(n *Node) []int {
+	bin := filepath.Join(n.CNIBinDir(), "netready")
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err == nil && exe == bin {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// alive reports whether pid still runs (and is not a zombie).
+func alive(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(b))
+	return len(f) > 2 && f[2] != "Z"
+}
