@@ -163,8 +163,10 @@ func TestOutageShorterThanTimeout(t *testing.T) {
 }
 
 // TestDeleteWhileWaiting: a pod is deleted while netready's ADD waits for a path that stays
-// blocked (timeout 100 s). Measures how soon the pod is gone from the API and whether (and when)
-// the waiting ADD process ends.
+// blocked (timeout 30 s). Measures how soon the pod is gone from the API and whether (and when)
+// the waiting ADD process ends. On K3s v1.35 neither the kubelet nor containerd cancels a
+// RunPodSandbox in progress: the ADD runs to its timeout and the pod goes only then, so the
+// timeout bounds how long a deleted pod lingers (issue 10 asks for <= 5 s: not met, see README).
 func TestDeleteWhileWaiting(t *testing.T) {
 	n := need(t)
 	ctx := t.Context()
@@ -172,7 +174,8 @@ func TestDeleteWhileWaiting(t *testing.T) {
 	if err := n.CreateNamespace(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
-	install(t, n, netreadyConf(n, "100s", nil))
+	const timeout = 30 * time.Second
+	install(t, n, netreadyConf(n, timeout.String(), nil))
 	fault, err := n.Bed.BlockRouter(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -222,7 +225,11 @@ func TestDeleteWhileWaiting(t *testing.T) {
 	if podGone == 0 {
 		t.Fatalf("the pod was still there 150 s after the delete")
 	}
-	if podGone > 60*time.Second {
-		t.Errorf("the pod was gone %v after the delete, want <= 60 s", podGone)
+	// Bound: the ADD's remaining time plus the kubelet's teardown (generous on a busy machine).
+	if podGone > timeout+30*time.Second {
+		t.Errorf("the pod was gone %v after the delete, want <= netready's timeout (%v) + 30 s", podGone, timeout)
+	}
+	if podGone < 5*time.Second {
+		t.Logf("the pod went within 5 s: the runtime now cancels a waiting ADD (update README's figures)")
 	}
 }

@@ -67,16 +67,19 @@ func waitChain(t *testing.T, n *Node, withNetready bool) []string {
 
 // logLine is the part of netready's log line the tier reads.
 type logLine struct {
-	Time    time.Time `json:"time"` // when the line was written: the end of the ADD
-	Verb    string    `json:"verb"`
-	Outcome string    `json:"outcome"`
-	Pod     string    `json:"pod"`
-	TotalMS float64   `json:"total_ms"`
-	Msg     string    `json:"msg"`
-	Probes  []struct {
-		URL    string `json:"url"`
-		Origin string `json:"origin"`
-	} `json:"probes"`
+	Time    time.Time   `json:"time"` // when the line was written: the end of the ADD
+	Verb    string      `json:"verb"`
+	Outcome string      `json:"outcome"`
+	Pod     string      `json:"pod"`
+	TotalMS float64     `json:"total_ms"`
+	Msg     string      `json:"msg"`
+	Probes  []probeLine `json:"probes"`
+}
+
+// probeLine is a probe in netready's log line, with where it came from (config, rule, annotation).
+type probeLine struct {
+	URL    string `json:"url"`
+	Origin string `json:"origin"`
 }
 
 // addLines returns netready's ADD lines for pod ("ns/name").
@@ -143,4 +146,22 @@ func alive(pid int) bool {
 	}
 	f := strings.Fields(string(b))
 	return len(f) > 2 && f[2] != "Z"
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+// procsByExe lists the PIDs whose executable is one of exes.
+func procsByExe(exes ...string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err == nil && slices.Contains(exes, exe) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
