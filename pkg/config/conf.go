@@ -244,7 +244,7 @@ func (d *decoder) annotationPolicy(m map[string]json.RawMessage, a *AnnotationPo
 type decoder struct{ errorList }
 
 func (d *decoder) errorf(path, format string, args ...any) {
-	d.add(fmt.Sprintf("%q: ", clip(path)) + fmt.Sprintf(format, args...))
+	d.addf("%q: "+format, append([]any{clip(path)}, args...)...)
 }
 
 // errorList collects the problems of one input, at most maxErrors of them
@@ -262,12 +262,12 @@ func (l *errorList) full() bool { return len(l.errs) >= maxErrors }
 // count is how many errors were reported, spelt out or not.
 func (l *errorList) count() int { return len(l.errs) + l.more }
 
-func (l *errorList) add(msg string) {
-	if l.full() {
+func (l *errorList) addf(format string, args ...any) {
+	if l.full() { // past the cap only the count matters: no formatting
 		l.more++
 		return
 	}
-	l.errs = append(l.errs, msg)
+	l.errs = append(l.errs, fmt.Sprintf(format, args...))
 }
 
 // skip counts n errors that were found but not worth spelling out.

@@ -220,7 +220,7 @@ func (a AnnotationPolicy) addProbes(s *Spec, v string, l *annotationErrors) {
 type annotationErrors struct{ errorList }
 
 func (l *annotationErrors) fail(key, format string, args ...any) {
-	l.add(fmt.Sprintf("pod annotation %q: ", clip(key)) + fmt.Sprintf(format, args...))
+	l.addf("pod annotation %q: "+format, append([]any{clip(key)}, args...)...)
 }
 
 // unknown reports every netready.dev/ key netready does not read, with the
