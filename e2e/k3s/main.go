@@ -111,6 +111,10 @@ func (n *Node) Close() error {
 	if n == nil {
 		return nil
 	}
+	if n.closed {
+		return nil
+	}
+	n.closed = true
 	var errs []error
 	if n.cmd != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)

@@ -4,16 +4,20 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/netready/netready/e2e/testbed"
 )
 
-// node is the one K3s node of this test binary (nil when skipped: see skipReason).
+// The one K3s node of this test binary: started by the first test that needs it (so that
+// `-run` of the pure tests starts nothing), stopped after all tests.
 var (
+	nodeOnce   sync.Once
 	node       *Node
 	skipReason string
+	startErr   error
 )
 
 func TestMain(m *testing.M) {
@@ -21,31 +25,8 @@ func TestMain(m *testing.M) {
 }
 
 func runTests(m *testing.M) int {
-	root, err := testbed.ModuleRoot()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "k3s:", err)
-		return 1
-	}
-	ctx := context.Background()
-	start := time.Now()
-	n, skip, err := Start(ctx, root)
-	code := 0
-	switch {
-	case err != nil:
-		fmt.Fprintln(os.Stderr, "k3s: starting the node:", err)
-		code = 1
-	case skip != "":
-		skipReason = skip
-		code = m.Run()
-	default:
-		fmt.Fprintf(os.Stderr, "k3s: node up in %v (%s)\n", time.Since(start).Round(100*time.Millisecond), n.Dist.From)
-		node = n
-		code = m.Run()
-		if os.Getenv("NETREADY_K3S_KEEP") != "" {
-			fmt.Fprintln(os.Stderr, "k3s: NETREADY_K3S_KEEP set: stopping K3s anyway (the host must be restored); logs were in", n.Dir)
-		}
-	}
-	if cerr := n.Close(); cerr != nil {
+	code := m.Run()
+	if cerr := node.Close(); cerr != nil {
 		fmt.Fprintln(os.Stderr, "k3s: cleanup:", cerr)
 		code = 1
 	}
@@ -53,10 +34,33 @@ func runTests(m *testing.M) int {
 	return code
 }
 
-// need skips the test when the node is not up.
+// need returns the node, starting it on first use; it skips the test when this machine cannot
+// run K3s, and fails it when K3s did not come up.
 func need(t *testing.T) *Node {
 	t.Helper()
-	if node == nil {
+	nodeOnce.Do(func() {
+		root, err := testbed.ModuleRoot()
+		if err != nil {
+			startErr = err
+			return
+		}
+		start := time.Now()
+		n, skip, err := Start(context.Background(), root)
+		switch {
+		case err != nil:
+			startErr = fmt.Errorf("starting the K3s node: %w", err)
+			node = n // Close undoes what was done
+		case skip != "":
+			skipReason = skip
+		default:
+			fmt.Fprintf(os.Stderr, "k3s: node up in %v (%s)\n", time.Since(start).Round(100*time.Millisecond), n.Dist.From)
+			node = n
+		}
+	})
+	switch {
+	case startErr != nil:
+		t.Fatal(startErr)
+	case skipReason != "":
 		t.Skip(skipReason)
 	}
 	return node

@@ -55,6 +55,7 @@ type Node struct {
 	started time.Time
 	state   *hostState
 	lock    *os.File
+	closed  bool
 }
 
 // CNIBinDir is where containerd finds the CNI plugins (K3s sets it from where host-local is in PATH).
