@@ -1,6 +1,7 @@
 package k3s
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -22,7 +23,7 @@ func TestAnnotations(t *testing.T) {
 		t.Fatal(err)
 	}
 	install(t, n, netreadyConf(n, "30s", map[string]any{"probes": []string{}}))
-	fault, err := n.Bed.BlockRouter(ctx)
+	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
 	if err != nil {
 		t.Fatal(err)
 	}

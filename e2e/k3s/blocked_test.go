@@ -1,6 +1,7 @@
 package k3s
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -21,7 +22,7 @@ func TestBlocked(t *testing.T) {
 		t.Fatal(err)
 	}
 	install(t, n, netreadyConf(n, "10s", nil))
-	fault, err := n.Bed.BlockRouter(ctx)
+	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +98,7 @@ func TestOutageShorterThanTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	install(t, n, netreadyConf(n, "30s", nil))
-	fault, err := n.Bed.BlockRouter(ctx)
+	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +177,7 @@ func TestDeleteWhileWaiting(t *testing.T) {
 	}
 	const timeout = 30 * time.Second
 	install(t, n, netreadyConf(n, timeout.String(), nil))
-	fault, err := n.Bed.BlockRouter(ctx)
+	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
 	if err != nil {
 		t.Fatal(err)
 	}
