@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 30s
 
-.PHONY: all build test unit demo bench fuzz vet clean dist dist-check e2e e2e-containerd image image-test
+.PHONY: all build test unit demo bench fuzz vet clean dist dist-check e2e e2e-containerd image image-test deploy-test
 
 all: build
 
@@ -18,6 +18,7 @@ test: build vet
 	$(MAKE) e2e-containerd
 	$(MAKE) dist-check
 	$(MAKE) image-test
+	$(MAKE) deploy-test
 
 # Both end-to-end tiers. E2E_JSON=FILE writes the seed scenario's figures there.
 e2e: build
@@ -108,3 +109,10 @@ image-test:
 	$(MAKE) image >/dev/null && sha256sum dist/image/*.tar >dist/image-sums.1
 	$(MAKE) image >/dev/null && sha256sum dist/image/*.tar | diff -u dist/image-sums.1 - && \
 		echo "make image: the same bytes twice" && rm -f dist/image-sums.1
+
+# deploy/: the Helm chart rendered with helm's Go packages (defaults, overrides, bad values), every
+# object and deploy/netready.yaml checked against the Kubernetes schema (kubeconform, offline),
+# the ConfigMap's plugin object parsed by pkg/config. A module of its own (helm and k8s stay out of
+# the plugin's go.mod); needs neither root nor a cluster.
+deploy-test:
+	cd deploy/test && $(GO) vet ./... && $(GO) test -count=1 ./...
