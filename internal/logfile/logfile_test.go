@@ -307,4 +307,3 @@ func BenchmarkRotate(b *testing.B) {
 		}
 	}
 }
-
