@@ -29,14 +29,14 @@ func TestMain(m *testing.M) {
 // appends its lines, each with Write as the plugin does.
 func helper(spec string) int {
 	var path string
-	var max int64
+	var maxBytes int64
 	var keep, proc, lines int
-	if _, err := fmt.Sscan(spec, &path, &max, &keep, &proc, &lines); err != nil {
+	if _, err := fmt.Sscan(spec, &path, &maxBytes, &keep, &proc, &lines); err != nil {
 		fmt.Fprintln(os.Stderr, "helper:", err)
 		return 2
 	}
 	_, _ = io.Copy(io.Discard, os.Stdin)
-	f := File{Path: path, MaxBytes: max, Keep: keep}
+	f := File{Path: path, MaxBytes: maxBytes, Keep: keep}
 	for seq := range lines {
 		f.Write(record(proc, seq), os.Stderr)
 	}

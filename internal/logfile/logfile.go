@@ -100,9 +100,9 @@ func (f File) Append(line []byte) (written bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	if max := f.maxBytes(); max > 0 && size+int64(len(line)) > max {
+	if limit := f.maxBytes(); limit > 0 && size+int64(len(line)) > limit {
 		if err := f.rotate(); err != nil {
-			return true, fmt.Errorf("rotating logFile %s past %d bytes: %w; the file keeps growing until a rotation succeeds", f.Path, max, err)
+			return true, fmt.Errorf("rotating logFile %s past %d bytes: %w; the file keeps growing until a rotation succeeds", f.Path, limit, err)
 		}
 	}
 	return true, nil
