@@ -160,6 +160,13 @@ func (r *record) line() logrec.Record {
 // write appends the line to logFile (kept bounded there), or to stderr,
 // which the runtime keeps in its own log, when the config names none.
 func (r *record) write() {
+	// write is deferred by every verb: a panic (a bug) passes through here.
+	// Leave its line, then let it go on to crash with its stack.
+	if v := recover(); v != nil {
+		r.outcome = logrec.Error
+		r.fail(fmt.Errorf("netready panicked, a bug (please report it with the stack on stderr): %v", v))
+		defer panic(v)
+	}
 	if r.quiet() {
 		return
 	}
