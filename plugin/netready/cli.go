@@ -51,6 +51,12 @@ Run by a container runtime (CNI_COMMAND set), it speaks CNI. Run by hand:
       each came from, timeout, onTimeout, gateway, defaultRoute, skipped or
       not and why) without touching any network. Exit 0 when the config and
       annotations are valid, 2 with the error otherwise.
+  netready stats [--log FILE] [--since DUR] [--top N]
+      How long pods waited for their network, from netready's log (default
+      /var/log/netready/netready.log) and its rotated FILE.1, FILE.2 …:
+      p50/p90/p99/max by namespace and by kind of condition, how ADDs ended,
+      the slowest pods, and whether the wait stays above 2 s. Exit 0, 2 for
+      usage, 3 when the log cannot be read.
   netready version
       Print the version (also --version).
   netready help
@@ -67,6 +73,8 @@ func runCLI(args []string, stdout, stderr io.Writer) int {
 		return cliCheck(args[1:], stdout, stderr)
 	case "explain":
 		return cliExplain(args[1:], stdout, stderr)
+	case "stats":
+		return cliStats(args[1:], stdout, stderr, time.Now())
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "netready %s (CNI %s)\n", version, strings.Join(supported.SupportedVersions(), ", "))
 		return exitReady
