@@ -194,8 +194,9 @@ func FirstConflist(confDir string) (string, []byte, error) {
 	return files[0], data, err
 }
 
-// FirstChainHasNetready loads the first conflist of confDir as go-cni does
-// (a .conf becomes a one-plugin list) and reports whether netready is in it,
+// FirstChainHasNetready loads the first conflist of confDir as go-cni's
+// loadFromConfDir does (only *.conflist is parsed as a list; a .conf or
+// .json is one plugin) and reports whether netready is in it,
 // with the file's path and, when it is not, why.
 func FirstChainHasNetready(confDir string) (path string, ok bool, why string) {
 	path, data, err := FirstConflist(confDir)
