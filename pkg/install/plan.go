@@ -249,8 +249,11 @@ func PlanUninstall(n *Node) (steps []Step, kept []string, err error) {
 	}
 	keepBin := n.Primary != nil && ChainHasNetready(n.Primary)
 	var bin string
-	for _, f := range n.State.Files {
-		if filepath.Base(f) == BinaryName && filepath.Dir(f) != filepath.Dir(FlannelConflist) {
+	// Newest first: flannel-cni-conf's drop-in goes before the conflist it
+	// names (K3s refuses to start on a flannel-cni-conf file that is gone).
+	for i := len(n.State.Files) - 1; i >= 0; i-- {
+		f := n.State.Files[i]
+		if filepath.Base(f) == BinaryName {
 			bin = f
 			continue
 		}

@@ -416,3 +416,15 @@ func TestFirstChainCheck(t *testing.T) {
 		})
 	}
 }
+
+func TestUninstallFlannelModeRemovesTheDropInFirst(t *testing.T) {
+	n := newFakeNode(t, k3sLive)
+	o := n.opts()
+	o.Mode = ModeFlannelCNIConf
+	n.install(o)
+	steps, _ := n.uninstall(o)
+	got := strings.Join(ops(steps), "\n")
+	if i, j := strings.Index(got, FlannelDropIn), strings.Index(got, FlannelConflist); i < 0 || j < 0 || i > j {
+		t.Fatalf("steps:\n%s\nwant the drop-in removed before the conflist it names", got)
+	}
+}

@@ -246,7 +246,7 @@ func describeNode(w io.Writer, n *install.Node) {
 	if n.K3s != nil {
 		fmt.Fprintf(w, "found k3s %s (pid %d), data-dir %s (from %s).\n", n.K3s.Role, n.K3s.PID, n.Paths.DataDir, n.K3s.DataDirFrom)
 	} else {
-		fmt.Fprintf(w, "no running k3s found: using data-dir %s.\n", n.Paths.DataDir)
+		fmt.Fprintf(w, "no running k3s found: working on data-dir %s (pass --data-dir if K3s will use another).\n", n.Paths.DataDir)
 	}
 }
 
