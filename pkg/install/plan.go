@@ -167,7 +167,7 @@ func PlanInstall(o Options, n *Node) (steps []Step, notes []string, err error) {
 
 	conflist, err := BuildOwned(primary, obj)
 	if errors.Is(err, ErrPrimaryHasNetready) {
-		return nil, nil, refuse("K3s's live chain %s already holds netready (%v), from an earlier install through flannel-cni-conf or a hand edit; chaining it twice would gate every pod twice. Remove it there (netready uninstall --mode flannel-cni-conf undoes the old bootstrap script's drop-in; then restart K3s) and run netready install again.", filepath.Join(n.Paths.ConfDir, PrimaryName), err)
+		return nil, nil, refuse("K3s's live chain %s already holds netready (%v), from an earlier install through flannel-cni-conf or a hand edit; chaining it twice would gate every pod twice. Take it out there (an old k3s-node-bootstrap.sh install: delete %s, then restart K3s so that it rewrites its chain) and run netready install again.", filepath.Join(n.Paths.ConfDir, PrimaryName), err, FlannelDropIn)
 	}
 	if err != nil {
 		return nil, nil, refuse("cannot build netready's chain from %s: %v; check that file (K3s writes it at start).", filepath.Join(n.Paths.ConfDir, PrimaryName), err)
