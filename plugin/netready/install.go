@@ -219,7 +219,12 @@ func finishFlannelMode(stdout, stderr io.Writer, nf nodeFlags, node *install.Nod
 	for time.Now().Before(deadline) && modTime(live).Equal(before) {
 		time.Sleep(500 * time.Millisecond)
 	}
-	if has, _ := fileHasNetready(live); !has {
+	has, _ := fileHasNetready(live)
+	if !has && modTime(live).Equal(before) {
+		fmt.Fprintf(stderr, "netready install: NOT IN FORCE yet: K3s has not rewritten %s within %v of the restart; check that K3s is up (its log: journalctl -u %s, or /var/log/%s.log on OpenRC), then run this command again.\n", filepath.Join(node.Paths.ConfDir, install.PrimaryName), restartWait, svc.Name, svc.Name)
+		return exitNotInForce
+	}
+	if !has {
 		fmt.Fprintf(stderr, "netready install: NOT IN FORCE: K3s restarted and its live %s still has no netready: this K3s ignores flannel-cni-conf (k3s issue 14597, K3s 1.34-1.37); run netready uninstall, then netready install without --mode (the default owned mode works on every release without a restart).\n", filepath.Join(node.Paths.ConfDir, install.PrimaryName))
 		return exitNotInForce
 	}

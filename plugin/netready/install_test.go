@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/netready/netready/pkg/install"
 )
 
 const testK3sChain = `{"name":"cbr0","cniVersion":"1.0.0","plugins":[
@@ -150,5 +152,54 @@ func TestCLIFlannelCNIConfHonoured(t *testing.T) {
 	os.WriteFile(live, []byte(testK3sChain), 0o644) // K3s restarted without the option
 	if code, out, _ := cli("uninstall", "--root", root); code != 0 || !strings.Contains(out, "removed "+tBinDir+"/netready") {
 		t.Fatalf("second uninstall: %d\n%s", code, out)
+	}
+}
+
+// TestCLIFlannelCNIConfRestart drives --restart through a fake OpenRC whose
+// rc-service plays K3s at start: one that honours flannel-cni-conf (copies
+// netready's conflist over its chain) and one that ignores it (K3s 1.34–1.37,
+// k3s issue 14597), which install must name.
+func TestCLIFlannelCNIConfRestart(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		k3s     string // what the fake K3s writes over its live chain at start
+		code    int
+		wantOut string
+	}{
+		{name: "honoured", k3s: `cp "$ROOT/etc/rancher/k3s/netready/10-flannel-netready.conflist" "$LIVE"`, code: 0, wantOut: "K3s runs netready's chain"},
+		{name: "ignored", k3s: `printf '%s' "$CHAIN" >"$LIVE"`, code: 3, wantOut: "this K3s ignores flannel-cni-conf (k3s issue 14597, K3s 1.34-1.37); run netready uninstall, then netready install without --mode"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			root, bin := k3sRoot(t)
+			for _, p := range []string{"/run/openrc", "/etc/init.d"} {
+				os.MkdirAll(filepath.Join(root, p), 0o755)
+			}
+			os.WriteFile(filepath.Join(root, "/etc/init.d/k3s"), nil, 0o755)
+			fakeBin := t.TempDir()
+			log := filepath.Join(fakeBin, "calls")
+			script := "#!/bin/sh\necho \"$@\" >>" + log + "\nsleep 0.05\n" + tt.k3s + "\n"
+			os.WriteFile(filepath.Join(fakeBin, "rc-service"), []byte(script), 0o755)
+			t.Setenv("PATH", fakeBin+":"+os.Getenv("PATH"))
+			t.Setenv("ROOT", root)
+			t.Setenv("LIVE", filepath.Join(root, tConfDir, "10-flannel.conflist"))
+			t.Setenv("CHAIN", testK3sChain)
+
+			// As install would run it after writing the files (--restart cannot go with --root).
+			if code, _, _ := cli("install", "--root", root, "--binary", bin, "--mode", "flannel-cni-conf"); code != 3 {
+				t.Fatalf("install without restart: exit %d, want 3", code)
+			}
+			node, err := install.ReadNode(install.Options{Root: root, Mode: install.ModeFlannelCNIConf}, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var o, e bytes.Buffer
+			code := finishFlannelMode(&o, &e, nodeFlags{root: root, restart: true}, node, filepath.Join(root, node.Paths.ConfDir))
+			if code != tt.code || !strings.Contains(o.String()+e.String(), tt.wantOut) {
+				t.Fatalf("exit %d, output %q; want %d and %q", code, o.String()+e.String(), tt.code, tt.wantOut)
+			}
+			if calls, _ := os.ReadFile(log); string(calls) != "k3s restart\n" {
+				t.Errorf("rc-service called with %q; want one k3s restart", calls)
+			}
+		})
 	}
 }
