@@ -378,3 +378,21 @@ func WriteFile(dir, name string, data []byte, mode os.FileMode) error {
 	}
 	return renameSync(tmp, dir, name)
 }
+
+// Reconcile reads the node, plans an install with o and applies it: the
+// whole of `netready install` without the printing and the final check,
+// for a caller that keeps the owned conflist in step with K3s's chain (a
+// node agent calling it when the conf dir changes). It returns the changes
+// made (none when the node is already as o says) and the notes.
+func Reconcile(o Options) (done, notes []string, err error) {
+	node, err := ReadNode(o, o.Binary)
+	if err != nil {
+		return nil, nil, err
+	}
+	steps, notes, err := PlanInstall(o, node)
+	if err != nil {
+		return nil, notes, err
+	}
+	done, err = Apply(o.Root, steps)
+	return done, notes, err
+}

@@ -428,3 +428,22 @@ func TestUninstallFlannelModeRemovesTheDropInFirst(t *testing.T) {
 		t.Fatalf("steps:\n%s\nwant the drop-in removed before the conflist it names", got)
 	}
 }
+
+func TestReconcileFollowsK3sChain(t *testing.T) {
+	n := newFakeNode(t, k3sLive)
+	o := n.opts()
+	if done, _, err := Reconcile(o); err != nil || len(done) == 0 {
+		t.Fatalf("first Reconcile: %v %v", done, err)
+	}
+	if done, _, err := Reconcile(o); err != nil || len(done) != 0 {
+		t.Fatalf("Reconcile of an installed node did %v (%v); want nothing", done, err)
+	}
+	n.write(confDir+"/"+PrimaryName, strings.Replace(k3sLive, `"1.0.0"`, `"1.1.0"`, 1), 0o644)
+	done, _, err := Reconcile(o)
+	if err != nil || len(done) != 1 || done[0] != "wrote "+owned {
+		t.Fatalf("Reconcile after K3s changed its chain: %v %v", done, err)
+	}
+	if l := n.read(owned); !strings.Contains(l, `"cniVersion": "1.1.0"`) {
+		t.Fatalf("owned chain not regenerated:\n%s", l)
+	}
+}
