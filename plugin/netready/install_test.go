@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -202,4 +203,50 @@ func TestCLIFlannelCNIConfRestart(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestCLISkipNamespaceAndLogFile(t *testing.T) {
+	for _, tt := range []struct {
+		args     []string
+		wantSkip string
+		wantLog  string
+	}{
+		{args: nil, wantSkip: `{"namespaces":["kube-system"]}`, wantLog: `"/var/log/netready/netready.log"`},
+		{args: []string{"--skip-namespace", "kube-system", "--skip-namespace", "monitoring"}, wantSkip: `{"namespaces":["kube-system","monitoring"]}`, wantLog: `"/var/log/netready/netready.log"`},
+		{args: []string{"--skip-namespace", "", "--log-file", ""}},
+		{args: []string{"--log-file", "/var/log/nr.log"}, wantSkip: `{"namespaces":["kube-system"]}`, wantLog: `"/var/log/nr.log"`},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			root, bin := k3sRoot(t)
+			if code, out, errOut := cli(append([]string{"install", "--root", root, "--binary", bin}, tt.args...)...); code != 0 {
+				t.Fatalf("exit %d\n%s%s", code, out, errOut)
+			}
+			raw, err := os.ReadFile(filepath.Join(root, tConfDir, "00-netready.conflist"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var list struct {
+				Plugins []map[string]json.RawMessage `json:"plugins"`
+			}
+			if err := json.Unmarshal(raw, &list); err != nil {
+				t.Fatal(err)
+			}
+			nr := list.Plugins[len(list.Plugins)-1]
+			if got := compact(nr["skip"]); got != tt.wantSkip {
+				t.Errorf("skip %s; want %s", got, tt.wantSkip)
+			}
+			if got := compact(nr["logFile"]); got != tt.wantLog {
+				t.Errorf("logFile %s; want %s", got, tt.wantLog)
+			}
+		})
+	}
+}
+
+func compact(raw json.RawMessage) string {
+	if raw == nil {
+		return ""
+	}
+	var b bytes.Buffer
+	json.Compact(&b, raw)
+	return b.String()
 }
