@@ -275,3 +275,20 @@ func TestInstallBinaryRenamesNeverOverwrites(t *testing.T) {
 		t.Errorf("bin dir holds %d entries; want netready alone", len(ents))
 	}
 }
+
+// BenchmarkWriteConflist: the whole atomic write of K3s's chain with
+// netready (temp file, fsync, validate, rename, fsync of the dir).
+func BenchmarkWriteConflist(b *testing.B) {
+	dir := b.TempDir()
+	bin := b.TempDir()
+	for _, p := range []string{"flannel", "portmap", "bandwidth", "netready"} {
+		os.WriteFile(filepath.Join(bin, p), []byte("#!/bin/sh\n"), 0o755)
+	}
+	obj, _ := PluginObject(Settings{})
+	data, _ := BuildOwned([]byte(k3sLive), obj)
+	for b.Loop() {
+		if err := WriteConflist(dir, OwnedName, data, []string{bin}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
