@@ -145,6 +145,9 @@ func PlanInstall(o Options, n *Node) (steps []Step, notes []string, err error) {
 	switch o.Mode {
 	case ModeOwned:
 		conflistPath = n.ownedPath()
+		if _, ok := n.Existing[FlannelDropIn]; ok && !n.recorded(FlannelDropIn) {
+			notes = append(notes, fmt.Sprintf("%s (the old k3s-node-bootstrap.sh's flannel-cni-conf drop-in) is still here: a K3s that honours it would put netready into its own chain as well, and the next install would refuse; delete it and %s", FlannelDropIn, FlannelConflist))
+		}
 	case ModeFlannelCNIConf:
 		conflistPath = FlannelConflist
 		if len(n.CNIConfSetIn) > 0 {

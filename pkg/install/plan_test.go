@@ -447,3 +447,12 @@ func TestReconcileFollowsK3sChain(t *testing.T) {
 		t.Fatalf("owned chain not regenerated:\n%s", l)
 	}
 }
+
+func TestOwnedModeNotesTheOldDropIn(t *testing.T) {
+	n := newFakeNode(t, k3sLive)
+	n.write(FlannelDropIn, "flannel-cni-conf: "+FlannelConflist+"\n", 0o644)
+	_, notes, err := n.plan(n.opts())
+	if err != nil || len(notes) != 1 || !strings.Contains(notes[0], "delete it and "+FlannelConflist) {
+		t.Fatalf("notes %q (%v); want one about the old drop-in", notes, err)
+	}
+}
