@@ -284,8 +284,11 @@ func cliUninstall(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "netready uninstall: unexpected argument %q; see netready help\n", fs.Arg(0))
 		return exitUsage
 	}
-	if !nf.check(stderr, "uninstall") || !needRoot(nf, stderr, "uninstall") {
+	if !nf.check(stderr, "uninstall") {
 		return exitUsage
+	}
+	if !needRoot(nf, stderr, "uninstall") {
+		return exitFailed
 	}
 	o := install.Options{Root: nf.root, DataDir: nf.dataDir, BinDir: nf.binDir}
 	for round := 0; ; round++ {
