@@ -64,8 +64,8 @@ func FindK3s(root string) *K3s {
 }
 
 // k3sRole returns "server" or "agent" when args are a k3s server or agent
-// command line ("/usr/local/bin/k3s server ...", or K3s's own retitled
-// "k3s server"), else "".
+// command line ("/usr/local/bin/k3s server ...", a title rewritten into one
+// string, or K3s's staged <data-dir>/data/<hash>/bin/k3s-server), else "".
 func k3sRole(args []string) string {
 	if len(args) == 0 {
 		return ""
@@ -74,12 +74,11 @@ func k3sRole(args []string) string {
 	if len(args) == 1 { // a process that rewrote its title into one string
 		fields = strings.Fields(args[0])
 	}
-	if len(fields) < 2 || filepath.Base(fields[0]) != "k3s" {
-		return ""
-	}
-	switch fields[1] {
-	case "server", "agent":
+	switch base := filepath.Base(fields[0]); {
+	case base == "k3s" && len(fields) >= 2 && (fields[1] == "server" || fields[1] == "agent"):
 		return fields[1]
+	case base == "k3s-server" || base == "k3s-agent": // K3s's staged binaries, exec'd by /usr/local/bin/k3s
+		return strings.TrimPrefix(base, "k3s-")
 	}
 	return ""
 }

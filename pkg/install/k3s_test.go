@@ -46,6 +46,7 @@ func TestFindK3s(t *testing.T) {
 		{name: "K3S_CONFIG_FILE", args: []string{"k3s", "server"}, env: []string{"K3S_CONFIG_FILE=/etc/k.yaml"},
 			files: map[string]string{"/etc/k.yaml": "'data-dir': /e\n"}, wantRole: "server", wantDataDir: "/e"},
 		{name: "a flag beats the config", args: []string{"k3s", "server", "--data-dir=/f"}, files: map[string]string{DefaultK3sConfig: "data-dir: /no\n"}, wantRole: "server", wantDataDir: "/f"},
+		{name: "K3s's staged k3s-agent", args: []string{"/var/lib/rancher/k3s/data/abc/bin/k3s-agent", "agent", "--data-dir=/x"}, wantRole: "agent", wantDataDir: "/x"},
 		{name: "k3s kubectl is not K3s", args: []string{"k3s", "kubectl", "get", "pods"}},
 		{name: "containerd is not K3s", args: []string{"containerd", "-c", "/var/lib/rancher/k3s/agent/etc/containerd/config.toml"}},
 		{name: "k3s-something server", args: []string{"/usr/bin/k3sx", "server"}},
