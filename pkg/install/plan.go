@@ -40,7 +40,7 @@ type Options struct {
 	Root     string
 	DataDir  string // "" = the running K3s's, else K3s's default
 	BinDir   string // "" = K3s's CNI bin dir (PathsFor)
-	Binary   string // the binary to install, as this process sees it
+	Binary   string // the binary to install, as this process sees it; "" leaves the bin dir's as it is
 	Mode     Mode
 	Settings Settings
 }
@@ -176,10 +176,11 @@ func PlanInstall(o Options, n *Node) (steps []Step, notes []string, err error) {
 		return nil, nil, refuse("cannot build netready's chain from %s: %v; check that file (K3s writes it at start).", filepath.Join(n.Paths.ConfDir, PrimaryName), err)
 	}
 
-	wants := []Step{
-		{Op: OpBinary, Path: n.binPath(), From: o.Binary, Why: "the plugin, into K3s's CNI bin dir"},
-		{Op: OpConflist, Path: conflistPath, Data: conflist, BinDirs: n.Paths.BinDirs, Why: "K3s's chain " + chainSummaryShort(primary) + " with netready last"},
+	var wants []Step
+	if n.Binary != nil { // without a binary (o.Binary ""), the one in the bin dir is used as it is
+		wants = append(wants, Step{Op: OpBinary, Path: n.binPath(), From: o.Binary, Why: "the plugin, into K3s's CNI bin dir"})
 	}
+	wants = append(wants, Step{Op: OpConflist, Path: conflistPath, Data: conflist, BinDirs: n.Paths.BinDirs, Why: "K3s's chain " + chainSummaryShort(primary) + " with netready last"})
 	wants = append(wants, extra...)
 
 	// Refuse to overwrite what is not ours.

@@ -456,3 +456,22 @@ func TestOwnedModeNotesTheOldDropIn(t *testing.T) {
 		t.Fatalf("notes %q (%v); want one about the old drop-in", notes, err)
 	}
 }
+
+func TestWithoutBinaryTheBinDirsIsUsed(t *testing.T) {
+	n := newFakeNode(t, k3sLive)
+	o := n.opts()
+	o.Binary = ""
+	if _, _, err := Reconcile(o); err == nil || !strings.Contains(err.Error(), "no executable for plugin type(s) netready") {
+		t.Fatalf("err = %v; want the chain refused while netready is not in the bin dir", err)
+	}
+	if n.exists(owned) {
+		t.Fatal("wrote a chain naming a plugin that is not there")
+	}
+	n.write(binPath, "netready from elsewhere\n", 0o755)
+	if _, _, err := Reconcile(o); err != nil {
+		t.Fatal(err)
+	}
+	if n.read(binPath) != "netready from elsewhere\n" || !n.exists(owned) {
+		t.Fatal("the bin dir's netready was replaced, or the chain not written")
+	}
+}
