@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/containernetworking/cni/libcni"
 )
 
 // ReadNode reads what PlanInstall and PlanUninstall decide from: the running
@@ -58,6 +60,15 @@ func ReadNode(o Options, binary string) (*Node, error) {
 			n.Existing[f] = b
 		}
 	}
+
+	if files, err := libcni.ConfFiles(at(n.Paths.ConfDir), ConfExtensions); err == nil {
+		for _, f := range files {
+			if b := filepath.Base(f); b != OwnedName && b != PrimaryName {
+				n.OtherConfs = append(n.OtherConfs, b)
+			}
+		}
+	}
+	n.NoFlannel = noFlannel(o.Root, n.K3s)
 
 	need := []string{n.Paths.BinDir, n.Paths.ConfDir}
 	if o.Settings.LogFile != "" {
@@ -130,4 +141,29 @@ func flannelCNIConfSettings(root string) []string {
 		}
 	}
 	return found
+}
+
+// noFlannel says where K3s is told to run without flannel (flannel-backend
+// none: no 10-flannel.conflist, another CNI's chain instead), or "".
+func noFlannel(root string, k *K3s) string {
+	if k != nil {
+		if v, ok := flagValue(k.Args, "--flannel-backend"); ok && v == "none" {
+			return fmt.Sprintf("k3s (pid %d) runs with --flannel-backend=none", k.PID)
+		}
+	}
+	files := []string{DefaultK3sConfig}
+	for _, g := range []string{K3sConfigDropInDir + "/*.yaml", K3sConfigDropInDir + "/*.yml"} {
+		m, _ := filepath.Glob(filepath.Join(root, g))
+		for _, f := range m {
+			files = append(files, strings.TrimPrefix(f, root))
+		}
+	}
+	for _, f := range files {
+		if b, err := os.ReadFile(filepath.Join(root, f)); err == nil {
+			if v, ok := yamlTopLevel(b, "flannel-backend"); ok && v == "none" {
+				return f + " sets flannel-backend: none"
+			}
+		}
+	}
+	return ""
 }

@@ -59,6 +59,11 @@ type Node struct {
 	State *State
 	// Missing are the directories install needs that do not exist.
 	Missing []string
+	// OtherConfs are the conf dir's other files containerd may read (not
+	// netready's, not K3s's 10-flannel.conflist), by name.
+	OtherConfs []string
+	// NoFlannel says where K3s is told to run without flannel, or "".
+	NoFlannel string
 	// CNIConfSetIn lists where flannel-cni-conf is set outside netready's
 	// drop-in ("file:line: text"), for flannel-cni-conf mode.
 	CNIConfSetIn []string
@@ -133,6 +138,12 @@ func PlanInstall(o Options, n *Node) (steps []Step, notes []string, err error) {
 	obj, err := PluginObject(o.Settings)
 	if err != nil {
 		return nil, nil, refuse("%v.", err)
+	}
+	if n.NoFlannel != "" {
+		return nil, nil, refuse("%s, so K3s writes no flannel chain for netready to follow; put netready last in the conflist of the CNI this node uses instead.", n.NoFlannel)
+	}
+	if n.Primary == nil && len(n.OtherConfs) > 0 {
+		return nil, nil, refuse("%s holds %s but no %s: this node runs another CNI than K3s's flannel, and K3s's flannel chain would replace it; put netready last in that CNI's conflist instead.", n.Paths.ConfDir, strings.Join(n.OtherConfs, ", "), PrimaryName)
 	}
 	primary := n.Primary
 	if primary == nil {

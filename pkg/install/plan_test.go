@@ -239,6 +239,16 @@ func TestRefusals(t *testing.T) {
 			n.write(owned, `{"name":"x","cniVersion":"1.0.0","plugins":[{"type":"flannel"}]}`, 0o644)
 		}, want: "not netready's to overwrite"},
 		{name: "a foreign binary", setup: func(n *fakeNode, o *Options) { n.write(binPath, "someone else's", 0o755) }, want: "not netready's to overwrite"},
+		{name: "another CNI and no flannel chain", setup: func(n *fakeNode, o *Options) {
+			os.Remove(n.path(confDir + "/" + PrimaryName))
+			n.write(confDir+"/10-calico.conflist", `{"name":"k8s-pod-network","cniVersion":"1.0.0","plugins":[{"type":"calico"}]}`, 0o644)
+		}, want: "holds 10-calico.conflist but no 10-flannel.conflist"},
+		{name: "flannel-backend none in config", setup: func(n *fakeNode, o *Options) {
+			n.write(K3sConfigDropInDir+"/10-cni.yaml", "flannel-backend: \"none\"\n", 0o600)
+		}, want: "/etc/rancher/k3s/config.yaml.d/10-cni.yaml sets flannel-backend: none"},
+		{name: "k3s runs with --flannel-backend=none", setup: func(n *fakeNode, o *Options) {
+			fakeProc(n.t, n.root, 50, []string{"/usr/local/bin/k3s", "server", "--flannel-backend=none"}, nil, "")
+		}, want: "k3s (pid 50) runs with --flannel-backend=none"},
 		{name: "installed in the other mode", setup: func(n *fakeNode, o *Options) {
 			n.write(state, `{"mode":"flannel-cni-conf","files":[]}`, 0o644)
 		}, want: "uninstall first"},
