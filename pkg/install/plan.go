@@ -145,6 +145,11 @@ func PlanInstall(o Options, n *Node) (steps []Step, notes []string, err error) {
 	if n.Primary == nil && len(n.OtherConfs) > 0 {
 		return nil, nil, refuse("%s holds %s but no %s: this node runs another CNI than K3s's flannel, and K3s's flannel chain would replace it; put netready last in that CNI's conflist instead.", n.Paths.ConfDir, strings.Join(n.OtherConfs, ", "), PrimaryName)
 	}
+	for _, f := range n.OtherConfs {
+		if n.Primary != nil && f < PrimaryName {
+			return nil, nil, refuse("containerd runs %s from %s, not K3s's %s, and netready's chain would replace it; put netready last in %s instead, or move it away if it is a leftover.", f, n.Paths.ConfDir, PrimaryName, f)
+		}
+	}
 	primary := n.Primary
 	if primary == nil {
 		primary = K3sChain

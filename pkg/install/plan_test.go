@@ -246,6 +246,9 @@ func TestRefusals(t *testing.T) {
 		{name: "flannel-backend none in config", setup: func(n *fakeNode, o *Options) {
 			n.write(K3sConfigDropInDir+"/10-cni.yaml", "flannel-backend: \"none\"\n", 0o600)
 		}, want: "/etc/rancher/k3s/config.yaml.d/10-cni.yaml sets flannel-backend: none"},
+		{name: "another CNI's chain is the one containerd runs", setup: func(n *fakeNode, o *Options) {
+			n.write(confDir+"/05-cilium.conflist", `{"name":"cilium","cniVersion":"1.0.0","plugins":[{"type":"cilium-cni"}]}`, 0o644)
+		}, want: "containerd runs 05-cilium.conflist"},
 		{name: "k3s runs with --flannel-backend=none", setup: func(n *fakeNode, o *Options) {
 			fakeProc(n.t, n.root, 50, []string{"/usr/local/bin/k3s", "server", "--flannel-backend=none"}, nil, "")
 		}, want: "k3s (pid 50) runs with --flannel-backend=none"},
@@ -394,6 +397,12 @@ func TestKilledInstallIsUndoneExactly(t *testing.T) {
 	if d := diffSnapshots(before, n.snapshot()); len(d) > 0 {
 		t.Fatalf("left %v", d)
 	}
+}
+
+func TestAConfAfterK3sChainIsNoBar(t *testing.T) {
+	n := newFakeNode(t, k3sLive)
+	n.write(confDir+"/99-loopback.conf", `{"name":"lo","cniVersion":"1.0.0","type":"loopback"}`, 0o644)
+	n.install(n.opts())
 }
 
 func TestFirstChainCheck(t *testing.T) {

@@ -108,7 +108,7 @@ func TestCLIInstallExitCodes(t *testing.T) {
 		}, code: 1, wantErr: "already holds netready"},
 		{name: "shadowed by another conflist", setup: func(root string) {
 			os.WriteFile(filepath.Join(root, tConfDir, "00-calico.conflist"), []byte(`{"name":"k8s","cniVersion":"1.0.0","plugins":[{"type":"calico"}]}`), 0o644)
-		}, code: 3, wantErr: "NOT IN FORCE: the first conflist containerd reads"},
+		}, code: 1, wantErr: "containerd runs 00-calico.conflist"},
 		{name: "flannel-cni-conf mode before a restart", args: []string{"--mode", "flannel-cni-conf"}, code: 3, wantErr: "K3s copies /etc/rancher/k3s/netready/10-flannel-netready.conflist over its chain only when it starts; restart it"},
 	}
 	for _, tt := range tests {
@@ -249,4 +249,23 @@ func compact(raw json.RawMessage) string {
 	var b bytes.Buffer
 	json.Compact(&b, raw)
 	return b.String()
+}
+
+// The last word of install: a conflist that appeared before netready's in
+// the meantime (install refuses one that was there before) fails it loudly.
+func TestCLICheckFirstShadowed(t *testing.T) {
+	root, bin := k3sRoot(t)
+	if code, _, _ := cli("install", "--root", root, "--binary", bin); code != 0 {
+		t.Fatal("install failed")
+	}
+	os.WriteFile(filepath.Join(root, tConfDir, "00-aaa.conflist"), []byte(`{"name":"x","cniVersion":"1.0.0","plugins":[{"type":"calico"}]}`), 0o644)
+	node, err := install.ReadNode(install.Options{Root: root}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o, e bytes.Buffer
+	code := checkFirst(&o, &e, filepath.Join(root, tConfDir), node, "", "remove what shadows it")
+	if code != exitNotInForce || !strings.Contains(e.String(), "NOT IN FORCE: the first conflist containerd reads in "+tConfDir+" ("+tConfDir+"/00-aaa.conflist) does not chain netready: its chain is x (cniVersion 1.0.0): calico") {
+		t.Fatalf("exit %d, stderr %q", code, e.String())
+	}
 }
