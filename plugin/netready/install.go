@@ -199,7 +199,7 @@ func finishFlannelMode(stdout, stderr io.Writer, nf nodeFlags, node *install.Nod
 	svc := install.DetectService(nf.root, node.K3s)
 	live := filepath.Join(confDir, install.PrimaryName)
 	if has, _ := fileHasNetready(live); has {
-		return checkFirst(stdout, stderr, confDir, node, "K3s runs netready's chain", "")
+		return checkFirst(stdout, stderr, confDir, node, "K3s runs netready's chain", "remove what shadows it, or run netready install again")
 	}
 	if !nf.restart {
 		fmt.Fprintf(stderr, "netready install: NOT IN FORCE yet: K3s copies %s over its chain only when it starts; restart it (%s), then run this command again to check.\n", install.FlannelConflist, svc.Command(node.K3s))
@@ -228,7 +228,7 @@ func finishFlannelMode(stdout, stderr io.Writer, nf nodeFlags, node *install.Nod
 		fmt.Fprintf(stderr, "netready install: NOT IN FORCE: K3s restarted and its live %s still has no netready: this K3s ignores flannel-cni-conf (k3s issue 14597, K3s 1.34-1.37); run netready uninstall, then netready install without --mode (the default owned mode works on every release without a restart).\n", filepath.Join(node.Paths.ConfDir, install.PrimaryName))
 		return exitNotInForce
 	}
-	return checkFirst(stdout, stderr, confDir, node, "K3s runs netready's chain; pods created from now on are gated", "")
+	return checkFirst(stdout, stderr, confDir, node, "K3s runs netready's chain; pods created from now on are gated", "remove what shadows it, or run netready install again")
 }
 
 func fileHasNetready(p string) (bool, error) {
