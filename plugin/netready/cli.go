@@ -18,6 +18,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/types/create"
 
+	"github.com/netready/netready/internal/logrec"
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
 	"github.com/netready/netready/pkg/netstate"
@@ -277,19 +278,19 @@ func cliExplain(args []string, stdout, stderr io.Writer) int {
 
 // explanation is the resolved spec as explain shows it.
 type explanation struct {
-	Pod                string     `json:"pod,omitempty"`
-	Skipped            bool       `json:"skipped"`
-	SkipReason         string     `json:"skipReason,omitempty"`
-	Rule               string     `json:"rule,omitempty"`
-	Timeout            string     `json:"timeout"`
-	OnTimeout          string     `json:"onTimeout"`
-	Gateway            bool       `json:"gateway"`
-	DefaultRoute       bool       `json:"defaultRoute"`
-	Interval           string     `json:"interval"`
-	MaxInterval        string     `json:"maxInterval"`
-	AttemptTimeout     string     `json:"attemptTimeout"`
-	Probes             []probeLog `json:"probes"`
-	AnnotationsIgnored bool       `json:"annotationsIgnored,omitempty"`
+	Pod                string         `json:"pod,omitempty"`
+	Skipped            bool           `json:"skipped"`
+	SkipReason         string         `json:"skipReason,omitempty"`
+	Rule               string         `json:"rule,omitempty"`
+	Timeout            string         `json:"timeout"`
+	OnTimeout          string         `json:"onTimeout"`
+	Gateway            bool           `json:"gateway"`
+	DefaultRoute       bool           `json:"defaultRoute"`
+	Interval           string         `json:"interval"`
+	MaxInterval        string         `json:"maxInterval"`
+	AttemptTimeout     string         `json:"attemptTimeout"`
+	Probes             []logrec.Probe `json:"probes"`
+	AnnotationsIgnored bool           `json:"annotationsIgnored,omitempty"`
 }
 
 func newExplanation(pod string, s config.Spec) explanation {
@@ -298,11 +299,11 @@ func newExplanation(pod string, s config.Spec) explanation {
 		Timeout: s.Timeout.String(), OnTimeout: string(s.OnTimeout),
 		Gateway: s.Gateway, DefaultRoute: s.DefaultRoute,
 		Interval: s.Interval.String(), MaxInterval: s.MaxInterval.String(), AttemptTimeout: s.AttemptTimeout.String(),
-		Probes:             []probeLog{},
+		Probes:             []logrec.Probe{},
 		AnnotationsIgnored: s.AnnotationsIgnored,
 	}
 	for _, p := range s.Probes {
-		e.Probes = append(e.Probes, probeLog{p.URL, p.Origin})
+		e.Probes = append(e.Probes, logrec.Probe{URL: p.URL, Origin: p.Origin})
 	}
 	return e
 }
