@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/containernetworking/cni/libcni"
 )
@@ -105,7 +106,12 @@ func readIfExists(p string) ([]byte, error) {
 	return b, nil
 }
 
-var cniConfSetting = regexp.MustCompile(`^\s*["']?flannel-cni-conf\+?["']?\s*:|(^|[\s"'])--flannel-cni-conf([=\s"']|$)`)
+// cniConfSetting is compiled on first use: this package is linked into the
+// binary every CNI call execs, and a regexp compiled at init would cost each
+// of them (70 allocations) for a command run once per node.
+var cniConfSetting = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^\s*["']?flannel-cni-conf\+?["']?\s*:|(^|[\s"'])--flannel-cni-conf([=\s"']|$)`)
+})
 
 // flannelCNIConfSettings lists where flannel-cni-conf is set outside
 // netready's own drop-in: K3s's config file and drop-ins, and its service
@@ -135,7 +141,7 @@ func flannelCNIConfSettings(root string) []string {
 			if strings.HasPrefix(strings.TrimSpace(line), "#") {
 				continue
 			}
-			if cniConfSetting.MatchString(line) {
+			if cniConfSetting().MatchString(line) {
 				found = append(found, fmt.Sprintf("%s:%d: %s", node, i+1, strings.TrimSpace(line)))
 			}
 		}
