@@ -57,6 +57,26 @@ Run by a container runtime (CNI_COMMAND set), it speaks CNI. Run by hand:
       p50/p90/p99/max by namespace and by kind of condition, how ADDs ended,
       the slowest pods, and whether the wait stays above 2 s. Exit 0, 2 for
       usage, 3 when the log cannot be read.
+  netready install [--probe URL ...] [--timeout DUR] [--on-timeout fail|allow]
+                   [--skip-namespace NS ...] [--log-file PATH] [--mode owned|flannel-cni-conf]
+                   [--binary PATH] [--bin-dir DIR] [--data-dir DIR] [--root DIR]
+                   [--restart] [--dry-run]
+      Chain netready last in K3s's flannel chain on this node (as root). The
+      default owned mode writes K3s's live chain with netready last to
+      <data-dir>/agent/etc/cni/net.d/00-netready.conflist, which containerd
+      reads first and picks up without a restart; it installs the binary
+      into K3s's CNI bin dir. --skip-namespace defaults to kube-system (''
+      skips none); --log-file defaults to /var/log/netready/netready.log
+      ('' logs to stderr, which K3s loses); --data-dir defaults to the
+      running k3s's. A second identical run changes nothing. It ends by
+      checking that the first conflist containerd reads chains netready.
+      Exit 0 done, 1 failed or refused (nothing changed unless it says so),
+      2 usage error, 3 files in place but netready not in containerd's chain
+      (flannel-cni-conf mode before a restart, or where K3s ignores it).
+  netready uninstall [--bin-dir DIR] [--data-dir DIR] [--root DIR] [--restart] [--dry-run]
+      Remove exactly what install made (its record is
+      <data-dir>/agent/etc/cni/netready-install.state). Exit 0 done, 1
+      failed or refused, 2 usage error.
   netready version
       Print the version (also --version).
   netready help
@@ -75,6 +95,10 @@ func runCLI(args []string, stdout, stderr io.Writer) int {
 		return cliExplain(args[1:], stdout, stderr)
 	case "stats":
 		return cliStats(args[1:], stdout, stderr, time.Now())
+	case "install":
+		return cliInstall(args[1:], stdout, stderr)
+	case "uninstall":
+		return cliUninstall(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "netready %s (CNI %s)\n", version, strings.Join(supported.SupportedVersions(), ", "))
 		return exitReady
