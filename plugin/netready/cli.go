@@ -77,6 +77,17 @@ Run by a container runtime (CNI_COMMAND set), it speaks CNI. Run by hand:
       Remove exactly what install made (its record is
       <data-dir>/agent/etc/cni/netready-install.state). Exit 0 done, 1
       failed or refused, 2 usage error.
+  netready agent --config FILE [--cni-conf-dir DIR] [--cni-bin-dir DIR] [--log FILE]
+                 [--metrics-addr HOST:PORT] [--metrics-namespaces]
+      The DaemonSet's mode (deploy/): copy this binary into the CNI bin dir,
+      keep 00-netready.conflist (the primary chain with FILE's netready
+      object last) in step with the primary conflist, re-created within a
+      second when it changes or vanishes; serve /metrics of the waits read
+      from --log; on SIGTERM remove 00-netready.conflist only. Refuses a
+      primary that already chains netready and a conf dir another CNI owns
+      (Cilium's exclusive mode, a file that sorts before netready's).
+      Defaults: K3s's dirs, --log /var/log/netready/netready.log,
+      --metrics-addr :9725.
   netready version
       Print the version (also --version).
   netready help
@@ -99,6 +110,8 @@ func runCLI(args []string, stdout, stderr io.Writer) int {
 		return cliInstall(args[1:], stdout, stderr)
 	case "uninstall":
 		return cliUninstall(args[1:], stdout, stderr)
+	case "agent":
+		return cliAgent(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "netready %s (CNI %s)\n", version, strings.Join(supported.SupportedVersions(), ", "))
 		return exitReady
