@@ -158,7 +158,7 @@ func WriteImageTar(path, ref string, img v1.Image) error {
 	return writeAtomic(path, func(w io.Writer) error { return tarball.Write(tag, img, w) })
 }
 
-// WriteLayoutTar writes idx as an OCI image layout, named ref, packed into a tarball with sorted
+// WriteLayoutTar writes idx as an OCI image layout, named ref (a full reference), packed into a tarball with sorted
 // entries, every date set to created and every owner 0:0, so the same index gives the same bytes.
 func WriteLayoutTar(path, ref string, idx v1.ImageIndex, created time.Time) error {
 	dir, err := os.MkdirTemp("", "netready-image-layout-")
@@ -170,8 +170,15 @@ func WriteLayoutTar(path, ref string, idx v1.ImageIndex, created time.Time) erro
 	if err != nil {
 		return fmt.Errorf("image: layout: %w", err)
 	}
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		return fmt.Errorf("image: tag %q: %w", ref, err)
+	}
+	// containerd's importer names the image from io.containerd.image.name (the full reference);
+	// the OCI annotation holds the tag, as the image-spec describes it.
 	if err := lp.AppendIndex(idx, layout.WithAnnotations(map[string]string{
-		"org.opencontainers.image.ref.name": ref,
+		"io.containerd.image.name":          ref,
+		"org.opencontainers.image.ref.name": tag.TagStr(),
 	})); err != nil {
 		return fmt.Errorf("image: layout: %w", err)
 	}

@@ -160,8 +160,9 @@ func TestLayoutIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rm.Manifests) != 1 || rm.Manifests[0].Annotations["org.opencontainers.image.ref.name"] != Repository+":v9" {
-		t.Fatalf("index.json: want one entry named %s:v9, got %+v", Repository, rm.Manifests)
+	if len(rm.Manifests) != 1 || rm.Manifests[0].Annotations["io.containerd.image.name"] != Repository+":v9" ||
+		rm.Manifests[0].Annotations["org.opencontainers.image.ref.name"] != "v9" {
+		t.Fatalf("index.json: want one entry named %s:v9 (tag v9), got %+v", Repository, rm.Manifests)
 	}
 	idx, err := root.ImageIndex(rm.Manifests[0].Digest)
 	if err != nil {
