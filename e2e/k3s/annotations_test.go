@@ -22,7 +22,7 @@ func TestAnnotations(t *testing.T) {
 	if err := n.CreateNamespace(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
-	install(t, n, netreadyConf(n, "30s", map[string]any{"probes": []string{}}))
+	install(t, n, "30s")
 	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/netready/netready/e2e/testbed"
 )
 
 // TestBlocked: the path to the db is blocked (nft drop in the router) for longer than netready's
@@ -21,7 +23,7 @@ func TestBlocked(t *testing.T) {
 	if err := n.CreateNamespace(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
-	install(t, n, netreadyConf(n, "10s", nil))
+	install(t, n, "10s", testbed.ProbeDB)
 	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +99,7 @@ func TestOutageShorterThanTimeout(t *testing.T) {
 	if err := n.CreateNamespace(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
-	install(t, n, netreadyConf(n, "30s", nil))
+	install(t, n, "30s", testbed.ProbeDB)
 	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +178,7 @@ func TestDeleteWhileWaiting(t *testing.T) {
 		t.Fatal(err)
 	}
 	const timeout = 30 * time.Second
-	install(t, n, netreadyConf(n, timeout.String(), nil))
+	install(t, n, timeout.String(), testbed.ProbeDB)
 	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
 	if err != nil {
 		t.Fatal(err)

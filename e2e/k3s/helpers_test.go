@@ -2,6 +2,7 @@ package k3s
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"math"
 	"os"
@@ -11,38 +12,32 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/netready/netready/e2e/testbed"
 )
 
 // netreadyLog is netready's log file on the node (logFile in the owned conflist): a failed
 // plugin's stderr never reaches containerd's log.
 func netreadyLog(n *Node) string { return filepath.Join(n.Dir, "netready.log") }
 
-// netreadyConf is netready's object for the owned conflist: probe the db, the given timeout,
-// annotations from pods honoured, its log in the run's dir; extra fields override.
-func netreadyConf(n *Node, timeout string, extra map[string]any) map[string]any {
-	c := map[string]any{
-		"capabilities": map[string]any{"io.kubernetes.cri.pod-annotations": true},
-		"probes":       []string{testbed.ProbeDB},
-		"timeout":      timeout,
-		"skip":         map[string]any{"namespaces": []string{"kube-system"}},
-		"logFile":      netreadyLog(n),
+// installArgs are `netready install`'s flags for the tier: the given timeout and probes
+// (kube-system skipped, pod annotations honoured: install's defaults).
+func installArgs(timeout string, probes ...string) []string {
+	args := []string{"--timeout", timeout}
+	for _, p := range probes {
+		args = append(args, "--probe", p)
 	}
-	for k, v := range extra {
-		c[k] = v
-	}
-	return c
+	return args
 }
 
-// install installs netready with conf for the test and uninstalls it when the test ends.
-func install(t *testing.T, n *Node, conf map[string]any) {
+// install runs `netready install` on the node with the given timeout and probes, its log in
+// netreadyLog, waits until containerd has loaded the chain, and uninstalls (`netready
+// uninstall`) when the test ends.
+func install(t *testing.T, n *Node, timeout string, probes ...string) {
 	t.Helper()
-	if err := n.InstallNetready(conf); err != nil {
+	if _, err := n.InstallNetready(t.Context(), netreadyLog(n), installArgs(timeout, probes...)...); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := n.UninstallNetready(); err != nil {
+		if _, err := n.UninstallNetready(context.Background()); err != nil {
 			t.Error(err)
 		}
 	})

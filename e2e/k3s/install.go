@@ -1,10 +1,12 @@
 package k3s
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 )
@@ -13,61 +15,56 @@ import (
 // K3s's 10-flannel.conflist, so containerd (which loads only the first) runs it.
 const OwnedConflist = "00-netready.conflist"
 
-// InstallNetready does what `netready install` does (until that command is on main): copies the
-// netready binary into K3s's CNI bin dir and writes the owned conflist, K3s's live
-// 10-flannel.conflist with plugin (netready's object) appended last, to a temp name without a
-// CNI extension and renames it into place, so that containerd's fsnotify reload never reads half
-// a file. plugin's "type" is set to netready.
-func (n *Node) InstallNetready(plugin map[string]any) error {
-	bin := filepath.Join(n.CNIBinDir(), "netready")
-	data, err := os.ReadFile(filepath.Join(n.Tools, "netready"))
-	if err != nil {
-		return err
-	}
-	tmpBin := bin + ".tmp"
-	if err := os.WriteFile(tmpBin, data, 0o755); err != nil {
-		return err
-	}
-	if err := os.Rename(tmpBin, bin); err != nil {
-		return err
-	}
-	live, err := os.ReadFile(filepath.Join(n.CNIConfDir(), "10-flannel.conflist"))
-	if err != nil {
-		return fmt.Errorf("K3s's live chain: %w", err)
-	}
-	var list map[string]any
-	if err := json.Unmarshal(live, &list); err != nil {
-		return fmt.Errorf("K3s's live chain: %w", err)
-	}
-	plugins, _ := list["plugins"].([]any)
-	p := map[string]any{}
-	for k, v := range plugin {
-		p[k] = v
-	}
-	p["type"] = "netready"
-	list["plugins"] = append(plugins, p)
-	out, err := json.MarshalIndent(list, "", "  ")
-	if err != nil {
-		return err
-	}
-	dst := filepath.Join(n.CNIConfDir(), OwnedConflist)
-	tmp := dst + ".tmp" // no .conf/.conflist/.json suffix: libcni does not list it
-	if err := os.WriteFile(tmp, append(out, '\n'), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, dst)
+// InstallState is the record `netready install` keeps beside K3s's conf dir, in the data dir.
+const InstallState = "agent/etc/cni/netready-install.state"
+
+// CLIResult is what a run of the netready binary printed and its exit code.
+type CLIResult struct {
+	Code           int
+	Stdout, Stderr string
 }
 
-// UninstallNetready removes the owned conflist (containerd falls back to K3s's chain at once)
-// and the binary.
-func (n *Node) UninstallNetready() error {
-	if err := os.Remove(filepath.Join(n.CNIConfDir(), OwnedConflist)); err != nil && !os.IsNotExist(err) {
-		return err
+func (r CLIResult) String() string {
+	return fmt.Sprintf("exit %d\nstdout:\n%s\nstderr:\n%s", r.Code, r.Stdout, r.Stderr)
+}
+
+// Netready runs the netready binary the tier built (the one a user installs) on the node's host
+// side, as root, the way a user runs it: `netready install --data-dir <the tier's data dir> ...`.
+// It needs no netns: install and uninstall only work on files. err is set only when the binary
+// could not run; a non-zero exit is in Code.
+func (n *Node) Netready(ctx context.Context, args ...string) (CLIResult, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(n.Tools, "netready"), args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := CLIResult{Stdout: out.String(), Stderr: errb.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.Code = ee.ExitCode()
+	case err != nil:
+		return r, fmt.Errorf("running netready %s: %w", strings.Join(args, " "), err)
 	}
-	if err := os.Remove(filepath.Join(n.CNIBinDir(), "netready")); err != nil && !os.IsNotExist(err) {
-		return err
+	return r, nil
+}
+
+// InstallNetready runs `netready install --data-dir <data dir> --log-file LOG` plus args
+// (--probe, --timeout, ...) and fails unless it exits 0.
+func (n *Node) InstallNetready(ctx context.Context, logFile string, args ...string) (CLIResult, error) {
+	r, err := n.Netready(ctx, append([]string{"install", "--data-dir", n.DataDir, "--log-file", logFile}, args...)...)
+	if err == nil && r.Code != 0 {
+		err = fmt.Errorf("netready install %s: %s", strings.Join(args, " "), r)
 	}
-	return nil
+	return r, err
+}
+
+// UninstallNetready runs `netready uninstall --data-dir <data dir>` and fails unless it exits 0.
+func (n *Node) UninstallNetready(ctx context.Context) (CLIResult, error) {
+	r, err := n.Netready(ctx, "uninstall", "--data-dir", n.DataDir)
+	if err == nil && r.Code != 0 {
+		err = fmt.Errorf("netready uninstall: %s", r)
+	}
+	return r, err
 }
 
 // LiveChain returns the plugin types of the CNI network containerd has loaded for pods, from

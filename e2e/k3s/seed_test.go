@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/netready/netready/e2e/testbed"
 )
 
 // seedNEnv sets the pods per way of TestSeed (default 20, the minimum; 4 with -short).
@@ -87,7 +89,7 @@ func TestSeed(t *testing.T) {
 				t.Fatal(err)
 			}
 			if way.netready {
-				install(t, n, netreadyConf(n, "30s", nil))
+				install(t, n, "30s", testbed.ProbeDB)
 			}
 			var pods []seedPod
 			for i, off := range offsets {
