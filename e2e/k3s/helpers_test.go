@@ -68,6 +68,8 @@ type logLine struct {
 	Pod     string      `json:"pod"`
 	TotalMS float64     `json:"total_ms"`
 	Msg     string      `json:"msg"`
+	Code    uint        `json:"code"`  // the CNI error code of a failed verb
+	Error   string      `json:"error"` // what a failed verb returned
 	Probes  []probeLine `json:"probes"`
 }
 
@@ -77,10 +79,16 @@ type probeLine struct {
 	Origin string `json:"origin"`
 }
 
-// addLines returns netready's ADD lines for pod ("ns/name").
+// addLines returns netready's ADD lines for pod ("ns/name") in the tier's log.
 func addLines(t *testing.T, n *Node, pod string) []logLine {
 	t.Helper()
-	f, err := os.Open(netreadyLog(n))
+	return addLinesIn(t, netreadyLog(n), pod)
+}
+
+// addLinesIn returns the ADD lines for pod ("ns/name") in the netready log file path.
+func addLinesIn(t *testing.T, path, pod string) []logLine {
+	t.Helper()
+	f, err := os.Open(path)
 	if os.IsNotExist(err) {
 		return nil
 	}

@@ -147,10 +147,10 @@ func failedADDLeavesLine(t *testing.T, n *Node, ns string) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if !strings.Contains(failed.Msg, "not ready after 3.") || !strings.Contains(failed.Msg, testbed.ProbeDB) {
-		t.Errorf("the failed ADD's line does not say what was not ready after the 3 s timeout: %+v", *failed)
+	if !strings.Contains(failed.Error, "not ready after 3.") || !strings.Contains(failed.Error, testbed.ProbeDB) || failed.Code != 11 {
+		t.Errorf("the failed ADD's line does not say what was not ready after the 3 s timeout (CNI code 11): %+v", *failed)
 	}
-	t.Logf("a failed ADD's line in %s: outcome %s, %q", netreadyLog(n), failed.Outcome, failed.Msg)
+	t.Logf("a failed ADD's line in %s: outcome %s, code %d, %q", netreadyLog(n), failed.Outcome, failed.Code, failed.Error)
 	if _, err := fault.Unblock(); err != nil {
 		t.Fatal(err)
 	}
@@ -160,8 +160,8 @@ func failedADDLeavesLine(t *testing.T, n *Node, ns string) {
 }
 
 // cniFootprint lists what install may touch in the data dir: the CNI conf dir's and bin dir's
-// entries (name, size, mode) and every path under the data dir named netready-something (the
-// binary, the conflist, the install record), skipping containerd's image store.
+// entries (name, size, mode) and every path under the data dir named netready* or
+// 00-netready.conflist (the binary, the conflist, the install record), skipping containerd's store.
 func cniFootprint(t *testing.T, n *Node) []string {
 	t.Helper()
 	var out []string
@@ -186,7 +186,7 @@ func cniFootprint(t *testing.T, n *Node) []string {
 		if d.IsDir() && p == skip {
 			return filepath.SkipDir
 		}
-		if strings.Contains(strings.ToLower(d.Name()), "netready") {
+		if strings.HasPrefix(d.Name(), "netready") || d.Name() == OwnedConflist {
 			out = append(out, p)
 		}
 		return nil

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/netready/netready/e2e/testbed"
 )
 
 // These need neither root nor K3s.
@@ -123,5 +125,38 @@ func TestManifest(t *testing.T) {
 		len(pod.Spec.Containers) != 1 || pod.Spec.Containers[0].Image != AppImage.Name || pod.Spec.Containers[0].ImagePullPolicy != "Never" ||
 		!slices.Contains(pod.Spec.Containers[0].Args, "-sleep") || pod.Metadata.Annotations["netready.dev/timeout"] != "3s" {
 		t.Fatalf("manifest %s", p.Manifest())
+	}
+}
+
+// TestRenderManifest: the tier's edits of deploy/netready.yaml all apply, and a manifest that no
+// longer has what they edit is refused.
+func TestRenderManifest(t *testing.T) {
+	root, err := testbed.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(root, "deploy", "netready.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := FleetOptions{ConfDir: "/d/agent/etc/cni/net.d", BinDir: "/d/data/cni", Image: FleetImageRepo + ":e2e", Probes: []string{"tcp://198.51.100.10:5432"}, LogDir: "/r/log"}
+	got, err := RenderManifest(string(raw), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"path: /d/agent/etc/cni/net.d\n", "path: /d/data/cni\n", "path: /r/log\n",
+		`"logFile": "/r/log/netready.log",`, `"probes": ["tcp://198.51.100.10:5432"],`,
+		`image: "docker.io/netready/netready:e2e"`, "imagePullPolicy: Never", "mountPath: /var/log/netready\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("rendered manifest lacks %q", want)
+		}
+	}
+	for _, gone := range []string{"/var/lib/rancher", "IfNotPresent", `"/var/log/netready/netready.log"`} {
+		if strings.Contains(got, gone) {
+			t.Errorf("rendered manifest still has %q", gone)
+		}
+	}
+	if _, err := RenderManifest(strings.Replace(string(raw), "imagePullPolicy: IfNotPresent", "imagePullPolicy: Always", 1), o); err == nil || !strings.Contains(err.Error(), "pull policy") {
+		t.Errorf("a manifest without the pull policy to edit: err %v, want one naming the pull policy", err)
 	}
 }
