@@ -85,7 +85,7 @@ func addLines(t *testing.T, n *Node, pod string) []logLine {
 	return addLinesIn(t, netreadyLog(n), pod)
 }
 
-// addLinesIn returns the ADD lines for pod ("ns/name") in the netready log file path.
+// addLinesIn returns the ADD lines for pod ("ns/name", or every pod when "") in the netready log file path.
 func addLinesIn(t *testing.T, path, pod string) []logLine {
 	t.Helper()
 	f, err := os.Open(path)
@@ -101,7 +101,7 @@ func addLinesIn(t *testing.T, path, pod string) []logLine {
 	s.Buffer(make([]byte, 64<<10), 4<<20)
 	for s.Scan() {
 		var l logLine
-		if json.Unmarshal(s.Bytes(), &l) == nil && l.Verb == "ADD" && l.Pod == pod {
+		if json.Unmarshal(s.Bytes(), &l) == nil && l.Verb == "ADD" && (l.Pod == pod || pod == "") {
 			out = append(out, l)
 		}
 	}

@@ -3,10 +3,15 @@ package k3s
 import (
 	"context"
 	"fmt"
+	"io"
 	"io/fs"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -193,4 +198,170 @@ func cniFootprint(t *testing.T, n *Node) []string {
 	})
 	slices.Sort(out)
 	return out
+}
+
+// TestDaemonSet: the fleet way on real K3s. netready's image, built by packaging/image (what
+// `make image` runs) and imported with K3s's ctr, runs as deploy/netready.yaml's DaemonSet with
+// the tier's paths: the agent pod runs (hostNetwork), the next pod is gated without a K3s
+// restart, a K3s restart keeps netready chained, /metrics on the node IP shows the ADDs just
+// made, and deleting the DaemonSet restores K3s's chain for new pods. It runs after TestInstall
+// (which uninstalls), on a conf dir without the owned conflist: the two write the same file.
+func TestDaemonSet(t *testing.T) {
+	n := need(t)
+	ctx := t.Context()
+	root, err := testbed.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ns = "e2e-daemonset"
+	if err := n.CreateNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	owned := filepath.Join(n.CNIConfDir(), OwnedConflist)
+	if _, err := os.Stat(owned); err == nil {
+		t.Fatalf("%s is there before the DaemonSet: an earlier test left it", owned)
+	}
+	bin := filepath.Join(n.CNIBinDir(), "netready")
+	_, err = os.Stat(bin)
+	binBefore := err == nil
+
+	start := time.Now()
+	version := fmt.Sprintf("e2e-%d", os.Getpid())
+	tar, err := BuildImage(ctx, root, filepath.Join(n.Tools, "netready"), version, filepath.Join(n.Dir, "image"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	built := time.Since(start)
+	start = time.Now()
+	if _, err := n.ImportImage(ctx, tar); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("image %s:%s built in %v (packaging/image), imported with K3s's ctr in %v", FleetImageRepo, version, built.Round(100*time.Millisecond), time.Since(start).Round(100*time.Millisecond))
+
+	raw, err := os.ReadFile(filepath.Join(root, "deploy", "netready.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logDir := filepath.Join(n.Dir, "fleet-log")
+	logFile := filepath.Join(logDir, "netready.log")
+	manifest, err := RenderManifest(string(raw), FleetOptions{ConfDir: n.CNIConfDir(), BinDir: n.CNIBinDir(),
+		Image: FleetImageRepo + ":" + version, Probes: []string{testbed.ProbeDB}, LogDir: logDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied := time.Now()
+	if _, err := n.KubectlInput(ctx, manifest, "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	deleted := false
+	t.Cleanup(func() {
+		if !deleted {
+			n.KubectlInput(context.Background(), manifest, "delete", "--wait=true", "--timeout=2m", "-f", "-")
+		}
+		os.Remove(owned) // only if the agent did not: later tests need a clean conf dir
+		if !binBefore {
+			os.Remove(bin) // the agent leaves its binary (pods it gated need it for their DEL)
+		}
+	})
+	if out, err := n.Kubectl(ctx, "-n", "netready", "rollout", "status", "daemonset/netready", "--timeout=3m"); err != nil {
+		pods, _ := n.Kubectl(context.Background(), "-n", "netready", "describe", "pods")
+		t.Fatalf("the DaemonSet did not roll out: %v %s\n%s", err, out, pods)
+	}
+	st, err := n.Kubectl(ctx, "-n", "netready", "get", "pods", "-l", "app.kubernetes.io/name=netready",
+		"-o", "jsonpath={range .items[*]}{.spec.hostNetwork} {.status.phase}{\"\\n\"}{end}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(st) != "true Running" {
+		t.Fatalf("the agent pod: hostNetwork and phase %q, want one pod \"true Running\"", st)
+	}
+	chain := waitChain(t, n, true)
+	t.Logf("agent pod running (hostNetwork); containerd's chain %v %v after kubectl apply, K3s not restarted", chain, time.Since(applied).Round(100*time.Millisecond))
+
+	runPod := func(name string) {
+		t.Helper()
+		p := PodSpec{Namespace: ns, Name: name}
+		if err := n.Apply(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n.WaitPhase(ctx, p.Namespace, p.Name, 2*time.Minute, "Succeeded"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gated := func(name string) {
+		t.Helper()
+		lines := addLinesIn(t, logFile, ns+"/"+name)
+		if len(lines) == 0 || lines[0].Outcome != "ready" {
+			t.Fatalf("no ready ADD line of netready for %s in %s: %+v", name, logFile, lines)
+		}
+		t.Logf("pod %s gated: %s in %.1f ms", name, lines[0].Outcome, lines[0].TotalMS)
+	}
+	runPod("gated")
+	gated("gated")
+	fleetMetrics(t, n, logFile)
+
+	start = time.Now()
+	if err := n.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("K3s restarted in %v", time.Since(start).Round(100*time.Millisecond))
+	waitChain(t, n, true)
+	runPod("restarted")
+	gated("restarted")
+	fleetMetrics(t, n, logFile)
+	figures.SetIn("daemonset", "restart_chained", true)
+
+	start = time.Now()
+	if _, err := n.KubectlInput(ctx, manifest, "delete", "--wait=true", "--timeout=2m", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	deleted = true
+	chain = waitChain(t, n, false)
+	t.Logf("DaemonSet deleted: containerd's chain %v %v after kubectl delete began", chain, time.Since(start).Round(100*time.Millisecond))
+	if fmt.Sprint(chain) != "[flannel portmap bandwidth]" {
+		t.Errorf("after the DaemonSet's deletion containerd's chain is %v, want K3s's [flannel portmap bandwidth]", chain)
+	}
+	if _, err := os.Stat(owned); err == nil {
+		t.Errorf("the agent left %s after its DaemonSet was deleted", owned)
+	}
+	runPod("deleted")
+	if lines := addLinesIn(t, logFile, ns+"/deleted"); len(lines) != 0 {
+		t.Fatalf("netready ran after the DaemonSet was deleted: %+v", lines)
+	}
+	_, err = os.Stat(bin)
+	t.Logf("a new pod ran on K3s's chain; the agent's binary in the bin dir after the deletion: %v (left by design, for DELs)", err == nil)
+	figures.SetIn("daemonset", "deleted_default_chain", true)
+}
+
+// fleetMetrics waits (10 s) until the agent's /metrics, on the node IP from the node netns,
+// counts as many ready ADDs as the log holds: the agent reads the whole log when it starts.
+func fleetMetrics(t *testing.T, n *Node, logFile string) {
+	t.Helper()
+	want := 0
+	for _, l := range addLinesIn(t, logFile, "") {
+		if l.Outcome == "ready" {
+			want++
+		}
+	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: n.Bed.Node.Dial}}
+	url := "http://" + net.JoinHostPort(testbed.NodeUplink.String(), "9725") + "/metrics"
+	re := regexp.MustCompile(`(?m)^netready_adds_total\{outcome="ready"\} (\d+)$`)
+	var body string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		resp, err := client.Get(url)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+			if m := re.FindStringSubmatch(body); m != nil && m[1] == strconv.Itoa(want) {
+				t.Logf("%s: %s", url, m[0])
+				return
+			}
+		} else {
+			body = err.Error()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not count the %d ready ADDs of %s within 10 s:\n%.3000s", url, want, logFile, body)
+		}
+	}
 }
