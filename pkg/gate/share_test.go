@@ -1,0 +1,184 @@
+package gate
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// fakePeer is a Peer whose answers the test sets: who leads, whether the
+// followers' budget has a slot.
+type fakePeer struct {
+	lead     atomic.Bool
+	slot     atomic.Bool
+	mu       sync.Mutex
+	leadAsks int // guarded by mu
+	answered int // guarded by mu
+}
+
+func (f *fakePeer) Lead() bool {
+	f.mu.Lock()
+	f.leadAsks++
+	f.mu.Unlock()
+	return f.lead.Load()
+}
+func (f *fakePeer) Slot() bool { return f.slot.Load() }
+func (f *fakePeer) Answered() {
+	f.mu.Lock()
+	f.answered++
+	f.mu.Unlock()
+}
+
+func (f *fakePeer) counts() (asks, answered int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.leadAsks, f.answered
+}
+
+func refused(context.Context, int) error { return errRefused }
+
+func TestSharedProbe(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		lead   bool
+		slot   bool
+		budget time.Duration
+		want   []time.Duration
+	}{
+		// The leader probes at the full schedule, as an unshared probe.
+		{"leader", true, false, 200 * time.Millisecond, ms(0, 10, 30, 70, 110, 150, 190)},
+		// A follower with slots probes once per slow interval.
+		{"follower with slots", false, true, 3500 * time.Millisecond, ms(0, 1000, 2000, 3000)},
+		// A follower whose budget is taken by the others sends nothing.
+		{"follower without slots", false, false, 3500 * time.Millisecond, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				peer := &fakePeer{}
+				peer.lead.Store(tc.lead)
+				peer.slot.Store(tc.slot)
+				rec := newRecorder(refused)
+				ctx, cancel := context.WithTimeout(t.Context(), tc.budget)
+				defer cancel()
+				rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+					Options{Peers: []Peer{peer}})
+				if got := rec.startTimes(); !equalDurations(got, tc.want) {
+					t.Errorf("attempts at %v, want %v", got, tc.want)
+				}
+				if rep.Ready() {
+					t.Errorf("ready, want a timeout")
+				}
+				if asks, _ := peer.counts(); tc.lead && asks != 1 {
+					t.Errorf("Lead asked %d times, want once: the leader keeps the lead", asks)
+				}
+			})
+		})
+	}
+}
+
+func TestFollowerTakesOverWithinOneSlowInterval(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		peer := &fakePeer{}
+		go func() {
+			time.Sleep(2500 * time.Millisecond) // the leader is killed: its flock is released
+			peer.lead.Store(true)
+		}()
+		rec := newRecorder(refused)
+		ctx, cancel := context.WithTimeout(t.Context(), 3100*time.Millisecond)
+		defer cancel()
+		Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+			Options{Peers: []Peer{peer}})
+		// No slot before: silent; from the 3 s tick on, the full schedule.
+		if got, want := rec.startTimes(), ms(3000, 3010, 3030, 3070); !equalDurations(got, want) {
+			t.Errorf("attempts at %v, want %v", got, want)
+		}
+	})
+}
+
+func TestFollowerWokenProvesItsOwnPath(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		open      bool // this pod's own path is open when the leader's answer arrives
+		wantReady bool
+	}{
+		{"own path open", true, true},
+		// Another namespace's egress policy: the leader's answer is not ours.
+		{"own path closed", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				peer := &fakePeer{}
+				answered := make(chan struct{}, 1)
+				t0 := time.Now()
+				rec := newRecorder(func(context.Context, int) error {
+					if tc.open && time.Since(t0) >= 1500*time.Millisecond {
+						return nil
+					}
+					return errRefused
+				})
+				go func() {
+					time.Sleep(1500 * time.Millisecond)
+					answered <- struct{}{}
+				}()
+				ctx, cancel := context.WithTimeout(t.Context(), 1900*time.Millisecond)
+				defer cancel()
+				rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+					Options{Peers: []Peer{peer}, PeerAnswered: answered})
+				if got, want := rec.startTimes(), ms(1500); !equalDurations(got, want) {
+					t.Errorf("attempts at %v, want one at once on the leader's answer", got)
+				}
+				if rep.Ready() != tc.wantReady {
+					t.Fatalf("Ready=%v, want %v", rep.Ready(), tc.wantReady)
+				}
+				if _, answers := peer.counts(); (answers == 1) != tc.wantReady {
+					t.Errorf("Answered %d times; want once only when this pod's own attempt succeeded", answers)
+				}
+			})
+		})
+	}
+}
+
+func TestLeaderAnswerTellsPeer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		peer := &fakePeer{}
+		peer.lead.Store(true)
+		t0 := time.Now()
+		rec := newRecorder(func(context.Context, int) error {
+			if time.Since(t0) >= 25*time.Millisecond {
+				return nil
+			}
+			return errRefused
+		})
+		rep := Run(t.Context(), []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+			Options{Peers: []Peer{peer}})
+		if !rep.Ready() || rep.Conditions[0].After != 30*time.Millisecond {
+			t.Fatalf("Ready=%v after %v, want ready at 30ms", rep.Ready(), rep.Conditions[0].After)
+		}
+		if _, answers := peer.counts(); answers != 1 {
+			t.Errorf("Answered %d times, want 1", answers)
+		}
+	})
+}
+
+func TestNodeEventWakesFollowerKeepingItsSlowTick(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		peer := &fakePeer{}
+		peer.slot.Store(true)
+		events := make(chan struct{}, 1)
+		go func() {
+			time.Sleep(1200 * time.Millisecond)
+			events <- struct{}{}
+		}()
+		rec := newRecorder(refused)
+		ctx, cancel := context.WithTimeout(t.Context(), 2500*time.Millisecond)
+		defer cancel()
+		Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+			Options{Peers: []Peer{peer}, NodeChanged: events})
+		if got, want := rec.startTimes(), ms(0, 1000, 1200, 2000); !equalDurations(got, want) {
+			t.Errorf("attempts at %v, want %v", got, want)
+		}
+	})
+}
