@@ -157,6 +157,9 @@ type Report struct {
 	// was given none) or a check failed with a Permanent error. It is nil
 	// when all conditions held and when the context's deadline passed.
 	Err error
+	// Notes are what the operator should know about how the gate ran, such
+	// as why a probe was not shared with the other ADDs on the node.
+	Notes []string
 }
 
 // Ready reports whether every condition held when the gate returned.
@@ -367,11 +370,22 @@ func (r *run) launchDue(now time.Time) {
 // launchOnEvent starts an extra attempt of every pending probe, as far as
 // each one's token bucket allows, and restarts its schedule from now so the
 // extra attempt replaces the next scheduled one instead of adding to it.
+//
+// A follower tries only when the followers' shared budget has a slot: a
+// node event reaches every ADD on the node at once (pods coming and going
+// make them by the dozen), and a pod's own attempts make neighbour events in
+// its netns, which would otherwise fire the next attempt. Its leader tries
+// at once, and if that finds the target answering, wakes every follower
+// through PeerAnswered.
 func (r *run) launchOnEvent(now time.Time) {
 	for i := range r.conds {
-		if r.pending(i) {
-			r.launchOne(i, now)
+		if !r.pending(i) {
+			continue
 		}
+		if p := &r.probes[i]; p.peer != nil && !p.leads && !p.peer.Slot() {
+			continue
+		}
+		r.launchOne(i, now)
 	}
 }
 

@@ -163,22 +163,44 @@ func TestLeaderAnswerTellsPeer(t *testing.T) {
 	})
 }
 
-func TestNodeEventWakesFollowerKeepingItsSlowTick(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		peer := &fakePeer{}
-		peer.slot.Store(true)
-		events := make(chan struct{}, 1)
-		go func() {
-			time.Sleep(1200 * time.Millisecond)
-			events <- struct{}{}
-		}()
-		rec := newRecorder(refused)
-		ctx, cancel := context.WithTimeout(t.Context(), 2500*time.Millisecond)
-		defer cancel()
-		Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
-			Options{Peers: []Peer{peer}, NodeChanged: events})
-		if got, want := rec.startTimes(), ms(0, 1000, 1200, 2000); !equalDurations(got, want) {
-			t.Errorf("attempts at %v, want %v", got, want)
-		}
-	})
+func TestEventsWakeFollowerKeepingItsSlowTick(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		node bool
+		slot bool
+		want []time.Duration
+	}{
+		{"node event, slot free", true, true, ms(0, 1000, 1200, 2000)},
+		// Every ADD on the node sees a node event: followers need a slot.
+		{"node event, no slot", true, false, nil},
+		// A pod's own attempts make neighbour events in its netns: a
+		// follower that tried on each would keep itself busy.
+		{"pod event, slot free", false, true, ms(0, 1000, 1200, 2000)},
+		{"pod event, no slot", false, false, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				peer := &fakePeer{}
+				peer.slot.Store(tc.slot)
+				events := make(chan struct{}, 1)
+				go func() {
+					time.Sleep(1200 * time.Millisecond)
+					events <- struct{}{}
+				}()
+				rec := newRecorder(refused)
+				ctx, cancel := context.WithTimeout(t.Context(), 2500*time.Millisecond)
+				defer cancel()
+				opts := Options{Peers: []Peer{peer}}
+				if tc.node {
+					opts.NodeChanged = events
+				} else {
+					opts.PodChanged = events
+				}
+				Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}}, opts)
+				if got := rec.startTimes(); !equalDurations(got, tc.want) {
+					t.Errorf("attempts at %v, want %v", got, tc.want)
+				}
+			})
+		})
+	}
 }

@@ -143,6 +143,9 @@ func (r *record) write() {
 	}
 	if r.report != nil {
 		attrs = append(attrs, slog.Any("conditions", conditionLogs(r.report, r.p.start)))
+		if len(r.report.Notes) > 0 {
+			attrs = append(attrs, slog.Any("notes", r.report.Notes))
+		}
 	}
 	if r.err != nil {
 		var e *types.Error
