@@ -85,11 +85,15 @@ func Open(dir string) (*Node, error) {
 }
 
 // netnsID names the netns netready runs in, the node's: two simulated nodes
-// on one host (or a test bed beside a real node) must not share leads.
+// on one host (or a test bed beside a real node) must not share leads. It
+// asks for the calling thread's netns, not /proc/self's: that is the main
+// thread's, and the main thread may be the one locked into the pod's netns
+// to make its sockets (pkg/probe), which would give every such pod a table
+// of its own.
 func netnsID() (string, error) {
 	var st unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
-		return "", fmt.Errorf("stat /proc/self/ns/net: %w", err)
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return "", fmt.Errorf("stat /proc/thread-self/ns/net: %w", err)
 	}
 	return strconv.FormatUint(st.Dev, 16) + ":" + strconv.FormatUint(st.Ino, 16), nil
 }
