@@ -214,9 +214,15 @@ func delAll(b *testbed.Bed, list *libcni.NetworkConfigList, pods []*testbed.Pod)
 // 40 a second (without sharing: 30 × 25); exactly one netready leads; when it is killed with
 // SIGKILL another takes over within a slow interval; when the path opens every other ADD returns
 // ready within a second.
+//
+// make test runs 30 pods, to keep its wall time modest; NETREADY_SHARED_PODS=110 runs K3s's
+// default maximum per node.
 func TestSharedWait(t *testing.T) {
 	testbed.SkipUnlessRoot(t)
-	const n = 30
+	n := 30
+	if v, err := strconv.Atoi(os.Getenv("NETREADY_SHARED_PODS")); err == nil && v > 0 && v <= 200 {
+		n = v
+	}
 	dir := sharedDir(t)
 	ctx := testContext(t)
 	b := testbed.New(t, testbed.Options{Plugins: testbed.WithNetready})
