@@ -1,7 +1,8 @@
 // Package coord lets the ADDs that wait on one target on a node share its
 // probing without a daemon, through small files under /run/netready: an
 // flock says who leads, a timestamp meters the followers' attempts, and a
-// write that inotify sees wakes them when the leader's target answered.
+// futex word in the lead file, mapped by all, wakes them when the leader's
+// target answered.
 //
 // Nothing here may make an ADD fail: Open and Target return an error (the
 // caller then probes alone, at the full schedule, and logs why), and a
@@ -14,10 +15,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,15 +38,13 @@ const SlotGap = 100 * time.Millisecond
 
 // Node is the coordination directory of this node, opened by one ADD.
 type Node struct {
-	dir     *os.File // held open: every file is opened relative to it
-	netns   string   // the node netns's identity, mixed into every name
-	inotify *os.File // read on Go's poller: never call its Fd, which would make it blocking
-	ifd     int
-	wake    chan struct{}
-	wg      sync.WaitGroup
+	dir   *os.File // held open: every file is opened relative to it
+	netns string   // the node netns's identity, mixed into every name
+	wake  chan struct{}
 
 	mu      sync.Mutex
 	targets []*Target // guarded by mu
+	closed  bool      // guarded by mu
 }
 
 // Open opens (creating it if missing) the coordination directory dir. It
@@ -74,14 +77,7 @@ func Open(dir string) (*Node, error) {
 		d.Close()
 		return nil, err
 	}
-	ifd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
-	if err != nil {
-		d.Close()
-		return nil, fmt.Errorf("inotify: %w", err)
-	}
-	n := &Node{dir: d, netns: netns, inotify: os.NewFile(uintptr(ifd), "inotify"), ifd: ifd, wake: make(chan struct{}, 1)}
-	n.wg.Go(n.readEvents)
-	return n, nil
+	return &Node{dir: d, netns: netns, wake: make(chan struct{}, 1)}, nil
 }
 
 // netnsID names the netns netready runs in, the node's: two simulated nodes
@@ -99,22 +95,9 @@ func netnsID() (string, error) {
 }
 
 // Answered wakes when the leader of one of this ADD's targets saw it answer
-// (or, rarely, on another write to a lead file: a spurious wake costs one
-// attempt). A buffer of one coalesces bursts.
+// (or, rarely, spuriously: that costs one attempt). A buffer of one
+// coalesces bursts.
 func (n *Node) Answered() <-chan struct{} { return n.wake }
-
-func (n *Node) readEvents() {
-	buf := make([]byte, 4096)
-	for {
-		if _, err := n.inotify.Read(buf); err != nil {
-			return // closed
-		}
-		select {
-		case n.wake <- struct{}{}:
-		default:
-		}
-	}
-}
 
 // Name is the base name of key's files: derived from the node netns and the
 // target, so that it holds no character an operator must escape and no
@@ -127,15 +110,29 @@ func Name(netns, key string) string {
 // Target is this ADD's seat at one target. It implements gate.Peer.
 type Target struct {
 	n     *Node
-	lead  *os.File // flock held by the leader; written when it saw an answer
+	lead  *os.File // flock held by the leader
 	slot  *os.File // the followers' last attempt, 8 bytes of Unix nanoseconds
+	word  []byte   // the first 4 bytes of lead, mapped shared: the answer counter
+	gone  bool     // word is unmapped; guarded by n.mu
 	mu    sync.Mutex
 	leads bool // guarded by mu
 	now   func() time.Time
 }
 
-// Target opens the files of key (a probe's URL, say) and watches its lead
-// file. An error means this target is probed alone.
+// wordSize is what the lead file holds: a futex word. A futex, not inotify,
+// wakes the followers: inotify instances are limited per user (128 by
+// default), and a node with 110 waiting ADDs, besides the kubelet's and
+// containerd's own, runs out of them.
+const wordSize = 4
+
+// futex(2) operations, shared between processes (no FUTEX_PRIVATE_FLAG).
+const (
+	futexWaitOp = 0 // FUTEX_WAIT
+	futexWakeOp = 1 // FUTEX_WAKE
+)
+
+// Target opens the files of key (a probe's URL, say) and starts waiting on
+// its answer counter. An error means this target is probed alone.
 func (n *Node) Target(key string) (*Target, error) {
 	name := Name(n.netns, key)
 	lead, err := n.openFile(name + ".lead")
@@ -147,19 +144,72 @@ func (n *Node) Target(key string) (*Target, error) {
 		lead.Close()
 		return nil, err
 	}
-	// Through the held directory, never the path again: /proc/self/fd/N is
-	// the directory we checked, and IN_DONT_FOLLOW refuses a symlink.
-	path := fmt.Sprintf("/proc/self/fd/%d/%s.lead", n.dir.Fd(), name)
-	if _, err := unix.InotifyAddWatch(n.ifd, path, unix.IN_MODIFY|unix.IN_DONT_FOLLOW); err != nil {
+	fail := func(err error) (*Target, error) {
 		lead.Close()
 		slot.Close()
-		return nil, fmt.Errorf("inotify on %s/%s.lead: %w", n.dir.Name(), name, err)
+		return nil, fmt.Errorf("%s/%s.lead: %w", n.dir.Name(), name, err)
 	}
-	t := &Target{n: n, lead: lead, slot: slot, now: time.Now}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(lead.Fd()), &st); err != nil {
+		return fail(err)
+	}
+	if st.Size < wordSize {
+		// Only ever grown, never shrunk: a mapping past the end of a file
+		// faults (SIGBUS), and others have it mapped.
+		if err := unix.Ftruncate(int(lead.Fd()), wordSize); err != nil {
+			return fail(err)
+		}
+	}
+	word, err := unix.Mmap(int(lead.Fd()), 0, wordSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fail(fmt.Errorf("mmap: %w", err))
+	}
+	t := &Target{n: n, lead: lead, slot: slot, word: word, now: time.Now}
 	n.mu.Lock()
 	n.targets = append(n.targets, t)
 	n.mu.Unlock()
+	go t.waitAnswers()
 	return t, nil
+}
+
+// futexWait is how long one wait lasts before it looks whether the ADD is
+// done: the goroutine of a finished ADD lingers at most this long, and the
+// process usually exits first.
+const futexWait = 5 * time.Second
+
+// waitAnswers forwards every change of the answer counter to Node.Answered.
+// The wait is a shared (not private) futex on the mapped file: the leader's
+// FUTEX_WAKE reaches every process that maps it.
+func (t *Target) waitAnswers() {
+	// The word is a mapping of a file: if someone shrank it, reading it
+	// faults. Turn that into a panic, and the panic into no more wake-ups:
+	// the slow schedule still runs.
+	debug.SetPanicOnFault(true)
+	defer func() {
+		recover()
+		t.n.mu.Lock()
+		t.gone = true
+		unix.Munmap(t.word)
+		t.n.mu.Unlock()
+	}()
+	addr := (*uint32)(unsafe.Pointer(&t.word[0]))
+	ts := unix.NsecToTimespec(int64(futexWait))
+	for {
+		v := atomic.LoadUint32(addr)
+		unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWaitOp, uintptr(v), uintptr(unsafe.Pointer(&ts)), 0, 0)
+		t.n.mu.Lock()
+		closed := t.n.closed
+		t.n.mu.Unlock()
+		if closed {
+			return
+		}
+		if atomic.LoadUint32(addr) != v {
+			select {
+			case t.n.wake <- struct{}{}:
+			default:
+			}
+		}
+	}
 }
 
 // openFile opens (creating) a regular file in the directory, following no
@@ -234,23 +284,42 @@ func (t *Target) Answered() {
 	if !t.leads {
 		return
 	}
-	var buf [8]byte
-	binary.LittleEndian.PutUint64(buf[:], uint64(t.now().UnixNano()))
-	unix.Pwrite(int(t.lead.Fd()), buf[:], 0)
+	t.wakeFollowers()
 	unix.Flock(int(t.lead.Fd()), unix.LOCK_UN)
 	t.leads = false
 }
 
-// Close releases every lead this ADD holds and stops watching.
+func (t *Target) wakeFollowers() {
+	defer func(old bool) {
+		recover() // a shrunk file: the followers' slow schedule still runs
+		debug.SetPanicOnFault(old)
+	}(debug.SetPanicOnFault(true))
+	t.n.mu.Lock()
+	defer t.n.mu.Unlock()
+	if t.n.closed || t.gone {
+		return
+	}
+	addr := (*uint32)(unsafe.Pointer(&t.word[0]))
+	atomic.AddUint32(addr, 1)
+	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWakeOp, math.MaxInt32, 0, 0, 0)
+}
+
+// Close releases every lead this ADD holds. The futex waits end within
+// futexWait; Close does not wait for them.
 func (n *Node) Close() error {
 	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return nil
+	}
+	n.closed = true
 	for _, t := range n.targets {
-		t.lead.Close() // releases the flock
+		// Explicitly: the mapping of the lead file holds its open file,
+		// so closing the fd alone would keep the flock until the munmap.
+		unix.Flock(int(t.lead.Fd()), unix.LOCK_UN)
+		t.lead.Close()
 		t.slot.Close()
 	}
 	n.targets = nil
-	n.mu.Unlock()
-	err := n.inotify.Close()
-	n.wg.Wait()
-	return errors.Join(err, n.dir.Close())
+	return n.dir.Close()
 }

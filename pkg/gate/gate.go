@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"time"
 )
@@ -350,11 +351,16 @@ func (r *run) launchDue(now time.Time) {
 		if p.peer != nil && !p.leads {
 			if !p.peer.Lead() {
 				// A follower: one attempt now and then, when the
-				// followers' shared budget has room for it.
+				// followers' shared budget has room for it. Refused, it
+				// asks again sooner, at a random time: followers that
+				// started together would otherwise all ask within the
+				// same slot, every second, and one would get it.
+				p.next = now.Add(r.opt.SlowInterval)
 				if p.peer.Slot() {
 					r.launch(i)
+				} else {
+					p.next = now.Add(r.opt.SlowInterval/4 + rand.N(r.opt.SlowInterval*3/4))
 				}
-				p.next = now.Add(r.opt.SlowInterval)
 				continue
 			}
 			// The lead is ours (the leader left, or there was none):
