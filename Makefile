@@ -4,16 +4,22 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 30s
 
-.PHONY: all build test unit demo bench fuzz vet clean dist dist-check e2e e2e-containerd
+.PHONY: all build deps test unit demo bench fuzz vet clean dist dist-check e2e e2e-containerd
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/netready ./plugin/netready
 
+# What the tests and the demo need from Debian (iproute2, nftables, iptables, qemu-user-static),
+# installed when run as root and missing; without root it only says what is missing. It runs before
+# anything is built, so a bare machine fails (or is fixed) at once, not after minutes of building.
+deps:
+	@bash scripts/test-deps.sh
+
 # Root-only tests skip with a reason when not run as root. ./... covers the libcni tier (e2e/);
 # the containerd tier is a module of its own, which ./... does not enter.
-test: build vet
+test: deps build vet
 	$(GO) test -count=1 -timeout 20m ./...
 	$(MAKE) e2e-containerd
 	$(MAKE) dist-check
@@ -37,7 +43,7 @@ e2e-containerd:
 	cd e2e/containerd && $(GO) vet ./... && \
 		NETREADY_SEED_JSON=$(if $(E2E_JSON),$(abspath $(E2E_JSON))) $(GO) test -count=1 -v -timeout 30m ./...
 
-demo:
+demo: deps
 	$(GO) run ./e2e/demo
 
 # As root, at most 10 minutes: the figures of e2e/bench as a table; BENCH_JSON=FILE also writes

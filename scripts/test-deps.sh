@@ -6,6 +6,7 @@
 # on the machine; the Go modules the tests build (the reference CNI plugins)
 # are pinned in go.mod and fetched by the go command.
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin" # nft and iptables live there; a user's PATH may lack it
 
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
@@ -15,9 +16,11 @@ command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static) # mak
 
 if [ "${#need[@]}" -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
-		echo "test-deps: missing ${need[*]}; run as root to install them" >&2
-		exit 1
+		# Without root the network tests skip anyway; say what a full run needs and go on.
+		echo "test-deps: missing ${need[*]}: the tests that need them run only as root; 'sudo make test' installs them" >&2
+		exit 0
 	fi
+	echo "test-deps: installing ${need[*]}" >&2
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${need[@]}"

@@ -129,9 +129,7 @@ func Parse(stdin []byte) (*Conf, error) {
 	}
 
 	b := &c.Base
-	if d.duration("timeout", top["timeout"], &b.Timeout) && b.Timeout > MaxTimeout {
-		d.errorf("timeout", "%s is more than the maximum %s: the whole ADD must fit in the runtime's sandbox budget", b.Timeout, MaxTimeout)
-	}
+	d.timeout("timeout", top["timeout"], &b.Timeout)
 	d.onTimeout("onTimeout", top["onTimeout"], &b.OnTimeout)
 	d.boolean("gateway", top["gateway"], &b.Gateway)
 	d.boolean("defaultRoute", top["defaultRoute"], &b.DefaultRoute)
@@ -165,7 +163,7 @@ func Parse(stdin []byte) (*Conf, error) {
 	}
 
 	// Relations between fields, checked once every field holds what it says.
-	if len(d.errs) == 0 {
+	if d.count() == 0 {
 		if b.Interval > b.MaxInterval {
 			d.errorf("interval", `%s is more than "maxInterval" %s: attempts start at interval and back off to maxInterval`, b.Interval, b.MaxInterval)
 		}
@@ -173,20 +171,20 @@ func Parse(stdin []byte) (*Conf, error) {
 	// An attempt never outlives the whole wait: a short timeout (set here,
 	// by a rule or by an annotation) shortens the attempts too.
 	b.AttemptTimeout = min(b.AttemptTimeout, b.Timeout)
-	if len(d.errs) > 0 {
-		return nil, &types.Error{Code: types.ErrInvalidNetworkConfig, Msg: d.message()}
+	if err := d.err("netready config: "); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
 
 func (d *decoder) rule(path string, raw json.RawMessage) Rule {
-	n := len(d.errs) // a misspelt or malformed selector already has its error
+	n := d.count() // a misspelt or malformed selector already has its error
 	m := d.object(path, raw, ruleFields)
 	if m == nil {
 		return Rule{}
 	}
 	r := Rule{Match: d.match(path, m)}
-	if len(r.Namespaces) == 0 && len(r.Pods) == 0 && len(d.errs) == n {
+	if len(r.Namespaces) == 0 && len(r.Pods) == 0 && d.count() == n {
 		d.errorf(path, `a rule needs "namespaces" or "pods"; without them it matches no pod`)
 	}
 	if raw := m["probes"]; present(raw) {
@@ -195,9 +193,7 @@ func (d *decoder) rule(path string, raw json.RawMessage) Rule {
 			r.Probes = []Probe{}
 		}
 	}
-	if d.duration(path+".timeout", m["timeout"], &r.Timeout) && r.Timeout > MaxTimeout {
-		d.errorf(path+".timeout", "%s is more than the maximum %s: the whole ADD must fit in the runtime's sandbox budget", r.Timeout, MaxTimeout)
-	}
+	d.timeout(path+".timeout", m["timeout"], &r.Timeout)
 	d.onTimeout(path+".onTimeout", m["onTimeout"], &r.OnTimeout)
 	var b bool
 	if d.boolean(path+".gateway", m["gateway"], &b) {
@@ -236,9 +232,7 @@ func (d *decoder) match(path string, obj map[string]json.RawMessage) Match {
 
 func (d *decoder) annotationPolicy(m map[string]json.RawMessage, a *AnnotationPolicy) {
 	d.boolean("annotations.allow", m["allow"], &a.Allow)
-	if d.duration("annotations.maxTimeout", m["maxTimeout"], &a.MaxTimeout) && a.MaxTimeout > MaxTimeout {
-		d.errorf("annotations.maxTimeout", "%s is more than the maximum %s: the whole ADD must fit in the runtime's sandbox budget", a.MaxTimeout, MaxTimeout)
-	}
+	d.timeout("annotations.maxTimeout", m["maxTimeout"], &a.MaxTimeout)
 	if d.decode("annotations.maxProbes", m["maxProbes"], &a.MaxProbes, "a whole number") && a.MaxProbes < 0 {
 		d.errorf("annotations.maxProbes", "want 0 or more, got %d", a.MaxProbes)
 	}
@@ -247,31 +241,49 @@ func (d *decoder) annotationPolicy(m map[string]json.RawMessage, a *AnnotationPo
 
 // decoder decodes fields one by one so that each error names its field,
 // and collects every error so that an operator fixes them in one round.
-type decoder struct {
+type decoder struct{ errorList }
+
+func (d *decoder) errorf(path, format string, args ...any) {
+	d.addf("%q: "+format, append([]any{clip(path)}, args...)...)
+}
+
+// errorList collects the problems of one input, at most maxErrors of them
+// spelt out: a config or a pod with thousands of mistakes must not turn into
+// megabytes of error (and log) text.
+type errorList struct {
 	errs []string
 	more int // errors past maxErrors, counted but not spelt out
 }
 
-// maxErrors bounds what one error message lists: a config with thousands of
-// mistakes must not turn into megabytes of error (and log) text.
 const maxErrors = 20
 
-func (d *decoder) full() bool { return len(d.errs) >= maxErrors }
+func (l *errorList) full() bool { return len(l.errs) >= maxErrors }
 
-func (d *decoder) errorf(path, format string, args ...any) {
-	if d.full() {
-		d.more++
+// count is how many errors were reported, spelt out or not.
+func (l *errorList) count() int { return len(l.errs) + l.more }
+
+func (l *errorList) addf(format string, args ...any) {
+	if l.full() { // past the cap only the count matters: no formatting
+		l.more++
 		return
 	}
-	d.errs = append(d.errs, fmt.Sprintf("%q: ", clip(path))+fmt.Sprintf(format, args...))
+	l.errs = append(l.errs, fmt.Sprintf(format, args...))
 }
 
-func (d *decoder) message() string {
-	msg := "netready config: " + strings.Join(d.errs, "; ")
-	if d.more > 0 {
-		msg += fmt.Sprintf("; and %d more", d.more)
+// skip counts n errors that were found but not worth spelling out.
+func (l *errorList) skip(n int) { l.more += n }
+
+// err is nil when nothing was reported, else a code 7 error whose message
+// starts with prefix.
+func (l *errorList) err(prefix string) error {
+	if l.count() == 0 {
+		return nil
 	}
-	return msg
+	msg := prefix + strings.Join(l.errs, "; ")
+	if l.more > 0 {
+		msg += fmt.Sprintf("; and %d more", l.more)
+	}
+	return types.NewError(types.ErrInvalidNetworkConfig, msg, "")
 }
 
 // decode unmarshals a present field into dst and reports whether it did.
@@ -305,6 +317,21 @@ func (d *decoder) duration(path string, raw json.RawMessage, dst *time.Duration)
 	v, err := time.ParseDuration(s)
 	if err != nil || v <= 0 {
 		d.errorf(path, "want %s, got %q", want, clip(s))
+		return false
+	}
+	*dst = v
+	return true
+}
+
+// timeout decodes a duration that bounds a whole ADD, which must fit in the
+// runtime's sandbox budget; it reports whether dst was set.
+func (d *decoder) timeout(path string, raw json.RawMessage, dst *time.Duration) bool {
+	var v time.Duration
+	if !d.duration(path, raw, &v) {
+		return false
+	}
+	if v > MaxTimeout {
+		d.errorf(path, "%s is more than the maximum %s: the whole ADD must fit in the runtime's sandbox budget", v, MaxTimeout)
 		return false
 	}
 	*dst = v
@@ -356,7 +383,7 @@ func (d *decoder) probes(path string, raw json.RawMessage) []Probe {
 	first := make(map[string]int, len(urls))
 	for i, u := range urls {
 		if d.full() {
-			d.more += len(urls) - i
+			d.skip(len(urls) - i)
 			break
 		}
 		p, err := ParseProbe(u)
@@ -402,7 +429,7 @@ func (d *decoder) unknownFields(path string, m map[string]json.RawMessage, known
 	slices.Sort(bad)
 	for i, k := range bad {
 		if d.full() {
-			d.more += len(bad) - i // no need to look for their spelling
+			d.skip(len(bad) - i) // no need to look for their spelling
 			return
 		}
 		candidates := known

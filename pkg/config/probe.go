@@ -80,45 +80,8 @@ func parseProbe(s string) (Probe, error) {
 	if strings.Contains(s, "#") {
 		return Probe{}, errors.New("a fragment (#...) is never sent to the target; remove it")
 	}
-
-	if !strings.HasPrefix(u.Host, "[") && strings.Count(u.Host, ":") > 1 {
-		return Probe{}, errors.New("an IPv6 address needs brackets, such as tcp://[fd00::5]:5432")
-	}
-	host, port := u.Hostname(), u.Port()
-	addr, err := netip.ParseAddr(host)
-	if err != nil {
-		if hasAt && u.User == nil {
-			return Probe{}, errors.New("host is not an IP address; probes need an IP literal (netready runs before DNS works)")
-		}
-		ex := url.URL{Scheme: u.Scheme, Host: "10.0.0.5", Path: u.Path, RawPath: u.RawPath, RawQuery: u.RawQuery}
-		if port != "" {
-			ex.Host += ":" + port
-		}
-		return Probe{}, fmt.Errorf("host %q is not an IP address; probes need an IP literal such as %s (netready runs before DNS works)",
-			clip(host), clip(ex.String()))
-	}
-	if err := checkAddr(addr); err != nil {
+	if err := p.setTarget(u, hasAt); err != nil {
 		return Probe{}, err
-	}
-	p.Addr = addr
-
-	if strings.HasSuffix(u.Host, ":") {
-		return Probe{}, errors.New("empty port after ':'")
-	}
-	switch {
-	case port == "":
-		p.Port = defaultPort[p.Scheme]
-	case p.Scheme == ICMP:
-		return Probe{}, errors.New("icmp has no port; write icmp://" + hostText(addr))
-	default:
-		n, err := strconv.ParseUint(port, 10, 16) // url.Parse let only digits through
-		if err != nil || n == 0 {
-			return Probe{}, fmt.Errorf("port %s out of range 1-65535", clip(port))
-		}
-		p.Port = uint16(n)
-	}
-	if p.Port == 0 && p.Scheme == TCP {
-		return Probe{}, fmt.Errorf("tcp needs a port, such as tcp://%s:5432", hostText(addr))
 	}
 
 	path := u.EscapedPath()
@@ -138,10 +101,64 @@ func parseProbe(s string) (Probe, error) {
 		}
 		p.StatusMin, p.StatusMax = 200, 399
 	}
+	kept, err := p.setParams(u.RawQuery)
+	if err != nil {
+		return Probe{}, err
+	}
+	p.setURL(path, kept)
+	return p, nil
+}
 
-	var kept []string // http(s) query parameters that belong to the target, not to netready
+// setTarget sets the address and port from the URL's host, which must be an
+// IP literal.
+func (p *Probe) setTarget(u *url.URL, hasAt bool) error {
+	if !strings.HasPrefix(u.Host, "[") && strings.Count(u.Host, ":") > 1 {
+		return errors.New("an IPv6 address needs brackets, such as tcp://[fd00::5]:5432")
+	}
+	host, port := u.Hostname(), u.Port()
+	addr, err := netip.ParseAddr(host)
+	if err != nil {
+		if hasAt && u.User == nil {
+			return errors.New("host is not an IP address; probes need an IP literal (netready runs before DNS works)")
+		}
+		ex := url.URL{Scheme: u.Scheme, Host: "10.0.0.5", Path: u.Path, RawPath: u.RawPath, RawQuery: u.RawQuery}
+		if port != "" {
+			ex.Host += ":" + port
+		}
+		return fmt.Errorf("host %q is not an IP address; probes need an IP literal such as %s (netready runs before DNS works)",
+			clip(host), clip(ex.String()))
+	}
+	if err := checkAddr(addr); err != nil {
+		return err
+	}
+	p.Addr = addr
+
+	if strings.HasSuffix(u.Host, ":") {
+		return errors.New("empty port after ':'")
+	}
+	switch {
+	case port == "":
+		p.Port = defaultPort[p.Scheme]
+	case p.Scheme == ICMP:
+		return errors.New("icmp has no port; write icmp://" + hostText(addr))
+	default:
+		n, err := strconv.ParseUint(port, 10, 16) // url.Parse let only digits through
+		if err != nil || n == 0 {
+			return fmt.Errorf("port %s out of range 1-65535", clip(port))
+		}
+		p.Port = uint16(n)
+	}
+	if p.Port == 0 && p.Scheme == TCP {
+		return fmt.Errorf("tcp needs a port, such as tcp://%s:5432", hostText(addr))
+	}
+	return nil
+}
+
+// setParams reads netready's own query parameter (ownParam) and returns the
+// others, which only http(s) accept: they belong to the target.
+func (p *Probe) setParams(rawQuery string) (kept []string, err error) {
 	seen := map[string]bool{}
-	for part := range strings.SplitSeq(u.RawQuery, "&") {
+	for part := range strings.SplitSeq(rawQuery, "&") {
 		if part == "" {
 			continue
 		}
@@ -155,10 +172,10 @@ func parseProbe(s string) (Probe, error) {
 				kept = append(kept, part)
 				continue
 			}
-			return Probe{}, fmt.Errorf("unknown parameter %q; %s", clip(key), paramHelp[p.Scheme])
+			return nil, fmt.Errorf("unknown parameter %q; %s", clip(key), paramHelp[p.Scheme])
 		}
 		if seen[key] {
-			return Probe{}, fmt.Errorf("parameter %q given twice", key)
+			return nil, fmt.Errorf("parameter %q given twice", key)
 		}
 		seen[key] = true
 		val, err := url.QueryUnescape(rawVal)
@@ -168,7 +185,7 @@ func parseProbe(s string) (Probe, error) {
 		switch key {
 		case "refused":
 			if val != "ok" {
-				return Probe{}, fmt.Errorf("refused=%s: the only value is refused=ok", clip(val))
+				return nil, fmt.Errorf("refused=%s: the only value is refused=ok", clip(val))
 			}
 			p.RefusedOK = true
 		case "type":
@@ -176,16 +193,21 @@ func parseProbe(s string) (Probe, error) {
 			case "A", "AAAA":
 				p.QType = strings.ToUpper(val)
 			default:
-				return Probe{}, fmt.Errorf("type=%s: want type=A or type=AAAA", clip(val))
+				return nil, fmt.Errorf("type=%s: want type=A or type=AAAA", clip(val))
 			}
 		case "status":
 			if p.StatusMin, p.StatusMax, err = parseStatus(val); err != nil {
-				return Probe{}, err
+				return nil, err
 			}
 		}
 	}
+	return kept, nil
+}
 
-	hostport := hostText(addr)
+// setURL sets the canonical URL (see ParseProbe) and, for http(s), the Host
+// and Path the request carries.
+func (p *Probe) setURL(path string, kept []string) {
+	hostport := hostText(p.Addr)
 	if p.Port != defaultPort[p.Scheme] {
 		hostport += ":" + strconv.Itoa(int(p.Port))
 	}
@@ -218,7 +240,6 @@ func parseProbe(s string) (Probe, error) {
 			}
 		}
 	}
-	return p, nil
 }
 
 // ownParam is the query parameter netready reads for a scheme; http(s) send the others on.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 	"time"
@@ -106,6 +107,8 @@ func (m Match) match(pod Pod) (field, entry string, ok bool) {
 		}
 	}
 	for _, p := range m.Pods {
+		// Pod patterns hold only a name's characters and '*' (checked at
+		// parse), so path.Match's '?', '[' and '\\' never occur.
 		if ns, name, _ := strings.Cut(p, "/"); ns == pod.Namespace && glob(name, pod.Name) {
 			return "pods", p, true
 		}
@@ -113,29 +116,9 @@ func (m Match) match(pod Pod) (field, entry string, ok bool) {
 	return "", "", false
 }
 
-// glob matches s against pattern, where '*' stands for any run of characters.
-func glob(pattern, s string) bool {
-	prefix, rest, wild := strings.Cut(pattern, "*")
-	if !wild {
-		return pattern == s
-	}
-	if !strings.HasPrefix(s, prefix) {
-		return false
-	}
-	s = s[len(prefix):]
-	for {
-		chunk, more, wild := strings.Cut(rest, "*")
-		if !wild {
-			return strings.HasSuffix(s, chunk)
-		}
-		// Leftmost is enough: with '*' the only wildcard, an earlier match
-		// leaves at least as much of s for what follows.
-		i := strings.Index(s, chunk)
-		if i < 0 {
-			return false
-		}
-		s, rest = s[i+len(chunk):], more
-	}
+func glob(pattern, name string) bool {
+	ok, err := path.Match(pattern, name)
+	return ok && err == nil
 }
 
 func (r Rule) apply(s *Spec) {
@@ -160,106 +143,106 @@ func (r Rule) apply(s *Spec) {
 // annotation that would loosen the admin's settings beyond a cap fails rather
 // than being ignored, so that the pod's owner learns why at once.
 func (a AnnotationPolicy) apply(s *Spec, ann map[string]string) error {
-	var errs []string
-	more := 0
-	fail := func(key, format string, args ...any) {
-		if len(errs) >= maxErrors {
-			more++
-			return
-		}
-		errs = append(errs, fmt.Sprintf("pod annotation %q: ", clip(key))+fmt.Sprintf(format, args...))
-	}
-
-	var unknown []string
-	for k := range ann {
-		if strings.HasPrefix(k, annotationPrefix) && k != AnnotationProbes && k != AnnotationTimeout && k != AnnotationSkip {
-			unknown = append(unknown, k)
-		}
-	}
-	slices.Sort(unknown)
-	for i, k := range unknown {
-		if len(errs) >= maxErrors {
-			more += len(unknown) - i
-			break
-		}
-		known := []string{AnnotationProbes, AnnotationTimeout, AnnotationSkip}
-		if hint := closest(k, known); hint != "" {
-			fail(k, "unknown netready annotation; did you mean %q?", hint)
-		} else {
-			fail(k, "unknown netready annotation; netready reads %s", strings.Join(known, ", "))
-		}
-	}
-
+	var l annotationErrors
+	l.unknown(ann)
 	if v, ok := ann[AnnotationProbes]; ok {
-		var items []string
-		for item := range strings.SplitSeq(v, ",") {
-			if item = strings.TrimSpace(item); item != "" {
-				items = append(items, item)
-			}
-		}
-		// Even if every configured probe were repeated, this is too many:
-		// say so before parsing thousands of URLs.
-		if limit := a.MaxProbes + len(s.Probes); len(items) > limit {
-			fail(AnnotationProbes, "lists %d probes, more than annotations.maxProbes %d", len(items), a.MaxProbes)
-			items = nil
-		}
-		have := make(map[string]bool, len(s.Probes)+len(items))
-		for _, q := range s.Probes {
-			have[q.URL] = true
-		}
-		added := 0
-		for _, item := range items {
-			p, err := ParseProbe(item)
-			if err != nil {
-				fail(AnnotationProbes, "%v", err)
-				continue
-			}
-			// The pod's owner may not know what the node already checks:
-			// asking again for a configured probe is harmless.
-			if have[p.URL] {
-				continue
-			}
-			have[p.URL] = true
-			p.Origin = "annotation"
-			s.Probes = append(s.Probes, p)
-			added++
-		}
-		if added > 0 && len(s.Probes) > a.MaxProbes {
-			fail(AnnotationProbes, "adds %d probes, %d in all, more than annotations.maxProbes %d", added, len(s.Probes), a.MaxProbes)
-		}
+		a.addProbes(s, v, &l)
 	}
-
 	if v, ok := ann[AnnotationTimeout]; ok {
 		t, err := time.ParseDuration(v)
 		switch {
 		case err != nil || t <= 0:
-			fail(AnnotationTimeout, `%q: want a positive Go duration such as "45s"`, clip(v))
+			l.fail(AnnotationTimeout, `%q: want a positive Go duration such as "45s"`, clip(v))
 		case t > a.MaxTimeout:
-			fail(AnnotationTimeout, "%q is more than annotations.maxTimeout %s", v, a.MaxTimeout)
+			l.fail(AnnotationTimeout, "%q is more than annotations.maxTimeout %s", v, a.MaxTimeout)
 		default:
 			s.Timeout = t
 		}
 	}
-
 	if v, ok := ann[AnnotationSkip]; ok {
 		switch v {
 		case "false":
 		case "true":
 			if !a.AllowSkip {
-				fail(AnnotationSkip, `"true" is not allowed: annotations.allowSkip is false in the netready config`)
+				l.fail(AnnotationSkip, `"true" is not allowed: annotations.allowSkip is false in the netready config`)
 			} else {
 				s.Skipped, s.SkipReason = true, "annotation "+AnnotationSkip
 			}
 		default:
-			fail(AnnotationSkip, `%q: want "true" or "false"`, clip(v))
+			l.fail(AnnotationSkip, `%q: want "true" or "false"`, clip(v))
 		}
 	}
+	return l.err("netready: ")
+}
 
-	if more > 0 {
-		errs = append(errs, fmt.Sprintf("and %d more", more))
+// addProbes adds the probes of a netready.dev/probes value to s, up to
+// annotations.maxProbes in all.
+func (a AnnotationPolicy) addProbes(s *Spec, v string, l *annotationErrors) {
+	var items []string
+	for item := range strings.SplitSeq(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			items = append(items, item)
+		}
 	}
-	if len(errs) > 0 {
-		return types.NewError(types.ErrInvalidNetworkConfig, "netready: "+strings.Join(errs, "; "), "")
+	// Even if every configured probe were repeated, this is too many: say
+	// so before parsing thousands of URLs.
+	if limit := a.MaxProbes + len(s.Probes); len(items) > limit {
+		l.fail(AnnotationProbes, "lists %d probes, more than annotations.maxProbes %d", len(items), a.MaxProbes)
+		return
 	}
-	return nil
+	have := make(map[string]bool, len(s.Probes)+len(items))
+	for _, q := range s.Probes {
+		have[q.URL] = true
+	}
+	added := 0
+	for _, item := range items {
+		p, err := ParseProbe(item)
+		if err != nil {
+			l.fail(AnnotationProbes, "%v", err)
+			continue
+		}
+		// The pod's owner may not know what the node already checks:
+		// asking again for a configured probe is harmless.
+		if have[p.URL] {
+			continue
+		}
+		have[p.URL] = true
+		p.Origin = "annotation"
+		s.Probes = append(s.Probes, p)
+		added++
+	}
+	if added > 0 && len(s.Probes) > a.MaxProbes {
+		l.fail(AnnotationProbes, "adds %d probes, %d in all, more than annotations.maxProbes %d", added, len(s.Probes), a.MaxProbes)
+	}
+}
+
+// annotationErrors are a pod's annotation problems, each led by its key.
+type annotationErrors struct{ errorList }
+
+func (l *annotationErrors) fail(key, format string, args ...any) {
+	l.addf("pod annotation %q: "+format, append([]any{clip(key)}, args...)...)
+}
+
+// unknown reports every netready.dev/ key netready does not read, with the
+// closest known one: a typo must not silently drop a probe or a timeout.
+func (l *annotationErrors) unknown(ann map[string]string) {
+	known := []string{AnnotationProbes, AnnotationTimeout, AnnotationSkip}
+	var keys []string
+	for k := range ann {
+		if strings.HasPrefix(k, annotationPrefix) && !slices.Contains(known, k) {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	for i, k := range keys {
+		if l.full() {
+			l.skip(len(keys) - i) // no need to look for their spelling
+			return
+		}
+		if hint := closest(k, known); hint != "" {
+			l.fail(k, "unknown netready annotation; did you mean %q?", hint)
+		} else {
+			l.fail(k, "unknown netready annotation; netready reads %s", strings.Join(known, ", "))
+		}
+	}
 }

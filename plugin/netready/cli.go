@@ -28,7 +28,8 @@ import (
 const (
 	exitReady    = 0
 	exitNotReady = 1
-	exitUsage    = 2
+	exitUsage    = 2 // the command line or the config is wrong: fix it and run again
+	exitCannot   = 3 // the check could not run here: no such netns, netlink or socket errors
 )
 
 const usage = `netready: a chained CNI plugin that holds ADD until the pod's network works.
@@ -42,7 +43,8 @@ Run by a container runtime (CNI_COMMAND set), it speaks CNI. Run by hand:
       used) or a netready plugin object. The links, addresses and gateways
       come from --prev-result (a CNI result, e.g. from the runtime's cache
       under /var/lib/cni/results) or else from the netns itself. Exit 0
-      ready, 1 not ready, 2 usage or config error.
+      ready, 1 not ready, 2 usage or config error, 3 the check could not
+      run (no such netns, a netlink or socket error).
   netready explain --conf FILE [--pod NS/NAME] [--annotation K=V ...] [--json]
       Print the spec netready would enforce for that pod (probes and where
       each came from, timeout, onTimeout, gateway, defaultRoute, skipped or
@@ -108,7 +110,7 @@ func cliCheck(args []string, stdout, stderr io.Writer) int {
 	pod, err := cliPod(*netnsPath, *prevPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "netready check: %v\n", err)
-		return exitUsage
+		return exitCannot
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), start.Add(spec.Timeout))
 	defer cancel()
@@ -117,7 +119,7 @@ func cliCheck(args []string, stdout, stderr io.Writer) int {
 	report, err := podcheck.Run(ctx, spec, pod)
 	if err != nil {
 		fmt.Fprintf(stderr, "netready check: %v\n", err)
-		return exitUsage
+		return exitCannot
 	}
 	printReport(stdout, report)
 	if !report.Ready() {

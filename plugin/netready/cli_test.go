@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -49,13 +50,17 @@ func TestCLICheck(t *testing.T) {
 		code int
 		want []string
 	}{
-		{"from the netns", []string{"--netns", netns, "--conf", conf}, exitReady,
-			[]string{"link eth0", "gateway 10.99.0.1", "icmp://10.99.0.1", "tcp://10.99.0.1:9?refused=ok", "ready after"}},
-		{"from a prevResult", []string{"--netns", netns, "--conf", conf, "--prev-result", prev}, exitReady,
-			[]string{"address 10.99.0.2 on eth0", "gateway 10.99.0.1", "ready after"}},
-		{"not ready", []string{"--netns", netns, "--conf", unreachable}, exitNotReady,
-			[]string{"icmp://10.99.0.3", "no", "NOT READY after"}},
-		{"no such netns", []string{"--netns", netns + "-gone", "--conf", conf}, exitUsage, []string{"-gone: no such file or directory"}},
+		{"from the netns", []string{"--netns", netns, "--conf", conf}, exitReady, []string{
+			`(?m)^link eth0 +yes `, `(?m)^gateway 10\.99\.0\.1 +yes `, `(?m)^icmp://10\.99\.0\.1 +yes `,
+			`(?m)^tcp://10\.99\.0\.1:9\?refused=ok +yes `, `(?m)^ready after `}},
+		{"from a prevResult", []string{"--netns", netns, "--conf", conf, "--prev-result", prev}, exitReady, []string{
+			`(?m)^address 10\.99\.0\.2 on eth0 +yes `, `(?m)^gateway 10\.99\.0\.1 +yes `, `(?m)^ready after `}},
+		// The unreachable target is the one line not ready, tried more than once.
+		{"not ready", []string{"--netns", netns, "--conf", unreachable}, exitNotReady, []string{
+			`(?m)^gateway 10\.99\.0\.1 +yes `, `(?m)^icmp://10\.99\.0\.3 +no +- +([2-9]|\d\d+) `, `(?m)^NOT READY after `}},
+		{"no such netns", []string{"--netns", netns + "-gone", "--conf", conf}, exitCannot, []string{`-gone: no such file or directory`}},
+		{"bad config", []string{"--netns", netns, "--conf", write("bad.json", `{"type":"netready","probe":[]}`)}, exitUsage,
+			[]string{`"probe": unknown field`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -65,8 +70,8 @@ func TestCLICheck(t *testing.T) {
 				t.Errorf("exit %d, want %d:\n%s", code, tc.code, out.String())
 			}
 			for _, w := range tc.want {
-				if !strings.Contains(out.String(), w) {
-					t.Errorf("output lacks %q:\n%s", w, out.String())
+				if !regexp.MustCompile(w).MatchString(out.String()) {
+					t.Errorf("output does not match %q:\n%s", w, out.String())
 				}
 			}
 		})
