@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -169,6 +170,10 @@ func (m *measurer) blockedRound(list *libcni.NetworkConfigList, fault *testbed.F
 			continue
 		}
 		res.openToRet = append(res.openToRet, ms(back[i].Sub(o.At)))
+	}
+	if os.Getenv("NR_BENCH_DEBUG") != "" {
+		sorted := slices.Sorted(slices.Values(res.openToRet))
+		fmt.Fprintf(os.Stderr, "opening → return, ms, sorted: %.0f\n", sorted)
 	}
 	return res, nil
 }

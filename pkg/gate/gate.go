@@ -113,6 +113,11 @@ func (o *Options) setDefaults() {
 	}
 }
 
+// followerAttemptTimeout is under the kernel's initial TCP retransmission
+// timeout (1 s, RFC 6298), with room for a few hundred milliseconds of
+// round trip.
+const followerAttemptTimeout = 900 * time.Millisecond
+
 // eventBurst and the refill of one token per MaxInterval bound the extra
 // attempts that netlink events may trigger: a busy node (pods coming and
 // going) must not turn the gate into a packet storm.
@@ -429,7 +434,14 @@ func (r *run) launch(i int) {
 		r.drop(p.inflight[0])
 		p.inflight = p.inflight[1:]
 	}
-	ctx, cancel := context.WithTimeout(r.ctx, r.opt.AttemptTimeout)
+	timeout := r.opt.AttemptTimeout
+	if p.peer != nil && !p.leads {
+		// A follower's attempt is not closed by newer ones (it has
+		// none): closed before the kernel's first SYN retransmission, it
+		// stays one packet, which is what the followers' budget counts.
+		timeout = min(timeout, followerAttemptTimeout)
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, timeout)
 	a := &attempt{cond: i, cancel: cancel}
 	p.inflight = append(p.inflight, a)
 	r.status[i].Attempts++

@@ -212,3 +212,29 @@ func TestEventsWakeFollowerKeepingItsSlowTick(t *testing.T) {
 		})
 	}
 }
+
+func TestFollowerAttemptEndsBeforeSYNRetransmission(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		peer := &fakePeer{}
+		peer.slot.Store(true)
+		var mu sync.Mutex
+		var lived []time.Duration
+		rec := newRecorder(func(ctx context.Context, _ int) error {
+			t0 := time.Now()
+			<-ctx.Done()
+			mu.Lock()
+			lived = append(lived, time.Since(t0))
+			mu.Unlock()
+			return ctx.Err()
+		})
+		ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
+		defer cancel()
+		Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+			Options{Peers: []Peer{peer}, AttemptTimeout: 2 * time.Second})
+		mu.Lock()
+		defer mu.Unlock()
+		if len(lived) == 0 || lived[0] != followerAttemptTimeout {
+			t.Errorf("a follower's attempts lived %v, want the first closed after %v", lived, followerAttemptTimeout)
+		}
+	})
+}
