@@ -32,9 +32,10 @@ import (
 const DefaultDir = "/run/netready"
 
 // SlotGap is the least time between two followers' attempts on one target
-// on one node: 10 a second whatever the number of followers, which with a
-// leader at the default schedule (25 a second) stays under 40.
-const SlotGap = 100 * time.Millisecond
+// on one node: 8 a second whatever the number of followers, which with a
+// leader at the default schedule (25 a second) leaves room under 40 for the
+// attempts that node events add.
+const SlotGap = 125 * time.Millisecond
 
 // Node is the coordination directory of this node, opened by one ADD.
 type Node struct {
