@@ -31,7 +31,7 @@ e2e: build
 
 # The tests that need neither root nor network namespaces.
 unit:
-	$(GO) test -count=1 ./pkg/config/ ./pkg/gate/
+	$(GO) test -count=1 ./pkg/config/ ./pkg/gate/ ./pkg/install/
 
 vet:
 	$(GO) vet ./...

@@ -4,6 +4,7 @@
 package conflist_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/netready/netready/e2e/testbed"
 	"github.com/netready/netready/pkg/config"
+	"github.com/netready/netready/pkg/install"
 )
 
 func TestMain(m *testing.M) { os.Exit(testbed.Main(m)) }
@@ -101,11 +103,15 @@ func TestConflistsKeepK3sChainWithNetreadyLast(t *testing.T) {
 			if !last.Capabilities[podAnnotations] || !conf.Capabilities[podAnnotations] {
 				t.Errorf("netready does not declare the %q capability: containerd would not pass annotations", podAnnotations)
 			}
-			// The defaults that matter most are spelt out, so that an operator sees them.
-			for _, k := range []string{"timeout", "onTimeout", "probes", "skip"} {
+			// The defaults that matter most are spelt out, so that an operator sees them;
+			// a failed ADD's stderr is lost on K3s, so an installed config logs to a file.
+			for _, k := range []string{"timeout", "onTimeout", "probes", "skip", "logFile"} {
 				if _, ok := entry[k]; !ok {
 					t.Errorf("netready entry does not spell out %q", k)
 				}
+			}
+			if conf.LogFile != install.DefaultLogFile {
+				t.Errorf("logFile %q, want netready install's default %q", conf.LogFile, install.DefaultLogFile)
 			}
 			for _, ns := range []string{"kube-system"} {
 				spec, err := conf.Resolve(config.Pod{Namespace: ns, Name: "coredns-1"})
@@ -197,6 +203,43 @@ func TestConflistContents(t *testing.T) {
 	}
 }
 
+// TestShippedIsWhatInstallWrites: netready install with no flags, on a node
+// whose live chain is K3s's, writes the chain of 10-flannel-netready.conflist.
+func TestShippedIsWhatInstallWrites(t *testing.T) {
+	obj, err := install.PluginObject(install.Settings{SkipNamespaces: []string{"kube-system"}, LogFile: install.DefaultLogFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	built, err := install.BuildOwned([]byte(k3sChain), obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipped, err := os.ReadFile("10-flannel-netready.conflist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := decode(t, shipped), decode(t, built); !reflect.DeepEqual(got, want) {
+		t.Errorf("conflist/10-flannel-netready.conflist differs from what netready install writes:\n%s", built)
+	}
+}
+
+// localLog returns a copy of a shipped conflist whose logFile is in a temp
+// dir: a test must not write the machine's /var/log.
+func localLog(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	b = bytes.ReplaceAll(b, []byte(`"`+install.DefaultLogFile+`"`), []byte(`"`+filepath.Join(dir, "netready.log")+`"`))
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // TestConflistsOnSimulatedNode runs each shipped list through libcni in a simulated K3s node
 // (flannel test double, real bridge, host-local, portmap, bandwidth, netready). The example's
 // addresses are the testbed's (documentation ranges), so its probes answer there.
@@ -218,7 +261,7 @@ func TestConflistsOnSimulatedNode(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			bed := testbed.New(t, testbed.Options{Plugins: testbed.WithNetready, DualStack: tt.dualStack})
-			list, err := bed.ConfListFile(tt.file)
+			list, err := bed.ConfListFile(localLog(t, tt.file))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/netready/netready/e2e/testbed"
+	"github.com/netready/netready/internal/logrec"
 )
 
 // TestTier1Annotations is issue 3's integration test: per-pod policy with the pod's annotations
@@ -51,7 +52,7 @@ func TestTier1Annotations(t *testing.T) {
 		namespace   string
 		annotations map[string]string
 		gated       bool // ADD must wait for the opening; else it must return while blocked
-		outcome     string
+		outcome     logrec.Outcome
 		origin      string // of testbed.ProbeDB in the log, when gated
 		rule        string
 		reason      string // part of the log's skip reason
@@ -61,43 +62,43 @@ func TestTier1Annotations(t *testing.T) {
 		{
 			name:        "annotation gates the pod",
 			annotations: map[string]string{"netready.dev/probes": testbed.ProbeDB, "netready.dev/timeout": "15s"},
-			gated:       true, outcome: "ready", origin: "annotation",
+			gated:       true, outcome: logrec.Ready, origin: "annotation",
 		},
 		{
 			name:        "no annotation, no probe",
 			annotations: map[string]string{"app.kubernetes.io/name": "web"},
-			outcome:     "ready",
+			outcome:     logrec.Ready,
 		},
 		{
 			// libcni, like containerd, passes the annotations only to a plugin that declares the
 			// capability: without it netready never sees them.
 			name:        "capability not declared",
 			annotations: map[string]string{"netready.dev/probes": testbed.ProbeDB},
-			outcome:     "ready", noCap: true,
+			outcome:     logrec.Ready, noCap: true,
 		},
 		{
 			name:        "allow false ignores annotations",
 			policy:      map[string]any{"allow": false},
 			annotations: map[string]string{"netready.dev/probes": testbed.ProbeDB, "netready.dev/timeout": "10m"},
-			outcome:     "ready", ignored: true,
+			outcome:     logrec.Ready, ignored: true,
 		},
 		{
 			name:        "skip annotation with allowSkip",
 			policy:      map[string]any{"allow": true, "allowSkip": true},
 			namespace:   "analytics", // whose rule would gate it
 			annotations: map[string]string{"netready.dev/skip": "true"},
-			outcome:     "skipped", reason: "netready.dev/skip",
+			outcome:     logrec.Skipped, reason: "netready.dev/skip",
 		},
 		{
 			name:      "rule for the namespace replaces the probes",
 			namespace: "analytics",
-			gated:     true, outcome: "ready", origin: "rules[0]", rule: "rules[0]",
+			gated:     true, outcome: logrec.Ready, origin: "rules[0]", rule: "rules[0]",
 		},
 		{
 			name:        "kube-system skipped whatever its annotations",
 			namespace:   "kube-system",
 			annotations: map[string]string{"netready.dev/probes": testbed.ProbeDB},
-			outcome:     "skipped", reason: "kube-system",
+			outcome:     logrec.Skipped, reason: "kube-system",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -272,7 +271,7 @@ func TestManyPodsHalfNeverReady(t *testing.T) {
 	// rest of the chain, queued behind 109 others on 2 cores.
 	var readyMax, blockedMin, blockedMax float64
 	blockedMin = 1e9
-	for _, r := range readFaultLog(t, logFile) {
+	for _, r := range readLog(t, logFile) {
 		if r.Verb != "ADD" {
 			continue
 		}
@@ -294,32 +293,6 @@ func TestManyPodsHalfNeverReady(t *testing.T) {
 			t.Errorf("DEL: %v", err)
 		}
 	}
-}
-
-type faultLogRecord struct {
-	Verb      string  `json:"verb"`
-	Container string  `json:"container"`
-	Outcome   string  `json:"outcome"`
-	TotalMS   float64 `json:"total_ms"`
-}
-
-func readFaultLog(t *testing.T, path string) []faultLogRecord {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var out []faultLogRecord
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		var r faultLogRecord
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			t.Fatalf("log line %q: %v", sc.Text(), err)
-		}
-		out = append(out, r)
-	}
-	return out
 }
 
 // processesWithEnv lists the pids whose environment holds kv.

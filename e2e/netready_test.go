@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -24,6 +23,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/netready/netready/e2e/testbed"
+	"github.com/netready/netready/internal/logrec"
 )
 
 // The tests in this file run K3s's chain with netready last, loaded through libcni as containerd
@@ -67,7 +67,7 @@ func TestNetreadyReadyAtOnce(t *testing.T) {
 			if took > 2*time.Second {
 				t.Errorf("ADD with the network up took %v, want well under 2s", took)
 			}
-			if rec.Outcome != "ready" {
+			if rec.Outcome != logrec.Ready {
 				t.Errorf("log outcome %q, want ready", rec.Outcome)
 			}
 
@@ -147,7 +147,7 @@ func TestNetreadyWaitsForPath(t *testing.T) {
 			}
 
 			// The condition really waited: it failed at first and held once the path opened.
-			c := condition(t, lastRecord(t, logFile, "ADD"), tc.cond)
+			c := lastRecord(t, logFile, "ADD").condition(t, tc.cond)
 			t.Logf("%s: ready after %.2fms, %d attempts", c.Name, c.AfterMS, c.Attempts)
 			if !c.Ready || c.Attempts < 2 {
 				t.Errorf("log: %s ready=%v after %d attempts; want ready after several", c.Name, c.Ready, c.Attempts)
@@ -235,10 +235,10 @@ func TestNetreadyOnTimeoutAllow(t *testing.T) {
 	checkResultIsPods(t, res, pod)
 
 	rec := lastRecord(t, logFile, "ADD")
-	if rec.Level != "WARN" || rec.Outcome != "timeout-allowed" {
+	if rec.Level != logrec.LevelWarn || rec.Outcome != logrec.TimeoutAllowed {
 		t.Errorf("log: level %q outcome %q, want WARN timeout-allowed", rec.Level, rec.Outcome)
 	}
-	if c := condition(t, rec, testbed.ProbeDB); c.Ready || c.Error == "" {
+	if c := rec.condition(t, testbed.ProbeDB); c.Ready || c.Error == "" {
 		t.Errorf("log: %s ready=%v error %q, want unmet with its last error", c.Name, c.Ready, c.Error)
 	}
 }
@@ -276,7 +276,7 @@ func TestNetreadyIPv6(t *testing.T) {
 			"address " + addr6.String() + " on eth0", "IPv6 default route",
 			"gateway " + testbed.PodGateway6.String(), "route to " + testbed.DBAddr6.String(), probe6,
 		} {
-			if c := condition(t, rec, name); !c.Ready {
+			if c := rec.condition(t, name); !c.Ready {
 				t.Errorf("log: %s not ready: %s", name, c.Error)
 			}
 		}
@@ -340,12 +340,12 @@ func TestNetreadyIPv6(t *testing.T) {
 			t.Errorf("netready returned while %s was tentative:\n%s", addr6.Addr(), out)
 		}
 		rec := lastRecord(t, logFile, "ADD")
-		c := condition(t, rec, "address "+addr6.Addr().String()+" on eth0")
+		c := rec.condition(t, "address "+addr6.Addr().String()+" on eth0")
 		t.Logf("%s: ready after %.2fms, %d checks", c.Name, c.AfterMS, c.Attempts)
 		if !c.Ready || c.AfterMS <= 0 || c.Attempts < 2 {
 			t.Errorf("log: %s ready=%v after %.2fms and %d checks; want ready only after DAD", c.Name, c.Ready, c.AfterMS, c.Attempts)
 		}
-		p := condition(t, rec, probe6)
+		p := rec.condition(t, probe6)
 		t.Logf("%s: ready after %.2fms, %d attempts", p.Name, p.AfterMS, p.Attempts)
 		if !p.Ready {
 			t.Errorf("log: %s not ready: %s", p.Name, p.Error)
@@ -416,7 +416,7 @@ func TestNetreadyDel(t *testing.T) {
 			t.Errorf("DEL printed %q, want nothing", stdout)
 		}
 		rec := lastRecord(t, logFile, "DEL")
-		if rec.Container != id || rec.Outcome != "ok" {
+		if rec.Container != id || rec.Outcome != logrec.OK {
 			t.Errorf("log: container %q outcome %q, want %s ok", rec.Container, rec.Outcome, id)
 		}
 	})
@@ -472,7 +472,8 @@ func TestNetreadyVersionStatusGC(t *testing.T) {
 	})
 
 	t.Run("STATUS and GC", func(t *testing.T) {
-		list := confList(t, b, testbed.K3sConflist("1.1.0", netreadyPlugin(map[string]any{"probes": []string{testbed.ProbeDB}})))
+		logFile := filepath.Join(t.TempDir(), "netready.log")
+		list := confList(t, b, testbed.K3sConflist("1.1.0", netreadyPlugin(map[string]any{"probes": []string{testbed.ProbeDB}, "logFile": logFile})))
 		if err := b.Status(ctx, list); err != nil {
 			t.Errorf("STATUS: %v", err)
 		}
@@ -492,10 +493,19 @@ func TestNetreadyVersionStatusGC(t *testing.T) {
 		if !hasLink(t, pod, "eth0") {
 			t.Errorf("GC removed the kept pod's eth0")
 		}
+		// containerd calls STATUS every 5 s: a STATUS or GC that succeeds leaves no line.
+		var verbs []string
+		for _, r := range readLog(t, logFile) {
+			verbs = append(verbs, r.Verb)
+		}
+		if want := []string{"ADD", "ADD", "DEL"}; !slices.Equal(verbs, want) {
+			t.Errorf("log records for %v, want %v (the ADDs and the orphan's DEL; nothing for STATUS and GC)", verbs, want)
+		}
 	})
 
 	t.Run("STATUS with an invalid config", func(t *testing.T) {
-		list := confList(t, b, testbed.K3sConflist("1.1.0", netreadyPlugin(map[string]any{"probes": []string{"tcp://db.local:5432"}})))
+		logFile := filepath.Join(t.TempDir(), "netready.log")
+		list := confList(t, b, testbed.K3sConflist("1.1.0", netreadyPlugin(map[string]any{"probes": []string{"tcp://db.local:5432"}, "logFile": logFile})))
 		err := b.Status(ctx, list)
 		var e *types.Error
 		switch {
@@ -507,6 +517,11 @@ func TestNetreadyVersionStatusGC(t *testing.T) {
 			t.Errorf("STATUS error %q, want it to name probes[0] and db.local", e.Msg)
 		default:
 			t.Logf("STATUS: %v", e.Msg)
+		}
+		// A failed STATUS leaves its line, in the logFile of the config it rejected.
+		recs := readLog(t, logFile)
+		if len(recs) != 1 || recs[0].Verb != "STATUS" || recs[0].Outcome != logrec.Error || recs[0].Code != types.ErrInvalidNetworkConfig {
+			t.Errorf("log %v, want one STATUS record with outcome error and code 7", recs)
 		}
 	})
 }
@@ -550,7 +565,7 @@ func TestNetreadyLog(t *testing.T) {
 	slices.Sort(wantConds)
 	for _, r := range recs {
 		t.Logf("%s: %s", r.Verb, r.raw)
-		wantOutcome := map[string]string{"ADD": "ready", "CHECK": "ready", "DEL": "ok"}[r.Verb]
+		wantOutcome := map[string]logrec.Outcome{"ADD": logrec.Ready, "CHECK": logrec.Ready, "DEL": logrec.OK}[r.Verb]
 		if r.Container != pod.ContainerID || r.Outcome != wantOutcome || r.TotalMS <= 0 {
 			t.Errorf("%s record: container %q outcome %q total_ms %v; want %s, %s, > 0",
 				r.Verb, r.Container, r.Outcome, r.TotalMS, pod.ContainerID, wantOutcome)
@@ -804,55 +819,32 @@ func isTentative(ipAddrShow string, addr netip.Addr) bool {
 	return false
 }
 
-// logRecord is one line of netready's log.
-type logRecord struct {
-	Level      string         `json:"level"`
-	Verb       string         `json:"verb"`
-	Container  string         `json:"container"`
-	Pod        string         `json:"pod"`
-	Outcome    string         `json:"outcome"`
-	TotalMS    float64        `json:"total_ms"`
-	Code       int            `json:"code"`
-	Error      string         `json:"error"`
-	Conditions []logCondition `json:"conditions"`
-	raw        string
+// logLine is one record of netready's log, with the line as written, for messages.
+type logLine struct {
+	logrec.Record
+	raw string
 }
 
-type logCondition struct {
-	Name     string  `json:"name"`
-	Ready    bool    `json:"ready"`
-	AfterMS  float64 `json:"after_ms"`
-	Attempts int     `json:"attempts"`
-	Error    string  `json:"error"`
-}
-
-// readLog parses netready's log file: every line must be one JSON object.
-func readLog(t *testing.T, path string) []logRecord {
+// readLog parses netready's log file: every line must be one record.
+func readLog(t *testing.T, path string) []logLine {
 	t.Helper()
-	f, err := os.Open(path)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatalf("netready's log: %v", err)
 	}
-	defer f.Close()
-	var recs []logRecord
-	s := bufio.NewScanner(f)
-	s.Buffer(nil, 1<<20)
-	for s.Scan() {
-		var r logRecord
-		if err := json.Unmarshal(s.Bytes(), &r); err != nil {
-			t.Fatalf("netready's log: line %q: %v", s.Text(), err)
+	var recs []logLine
+	for line := range strings.Lines(string(b)) {
+		r, err := logrec.Parse([]byte(line))
+		if err != nil {
+			t.Fatalf("netready's log %s: %v", path, err)
 		}
-		r.raw = s.Text()
-		recs = append(recs, r)
-	}
-	if err := s.Err(); err != nil {
-		t.Fatal(err)
+		recs = append(recs, logLine{r, strings.TrimSpace(line)})
 	}
 	return recs
 }
 
 // lastRecord is the log's last record for verb.
-func lastRecord(t *testing.T, path, verb string) logRecord {
+func lastRecord(t *testing.T, path, verb string) logLine {
 	t.Helper()
 	recs := readLog(t, path)
 	for i := len(recs) - 1; i >= 0; i-- {
@@ -861,17 +853,15 @@ func lastRecord(t *testing.T, path, verb string) logRecord {
 		}
 	}
 	t.Fatalf("netready's log has no %s record (%d records)", verb, len(recs))
-	return logRecord{}
+	return logLine{}
 }
 
 // condition is the record's condition of that name.
-func condition(t *testing.T, r logRecord, name string) logCondition {
+func (r logLine) condition(t *testing.T, name string) logrec.Condition {
 	t.Helper()
-	for _, c := range r.Conditions {
-		if c.Name == name {
-			return c
-		}
+	c, ok := r.Condition(name)
+	if !ok {
+		t.Fatalf("%s record has no condition %q: %s", r.Verb, name, r.raw)
 	}
-	t.Fatalf("%s record has no condition %q: %s", r.Verb, name, r.raw)
-	return logCondition{}
+	return c
 }

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netready/netready/e2e/testbed"
+	"github.com/netready/netready/internal/logrec"
 )
 
 // Helpers of the Tier 1 tests (tier1_test.go, vxlan_test.go, annotations_test.go). Their names
@@ -98,88 +99,27 @@ func tier1LogFile(b *testbed.Bed, name string) string {
 	return filepath.Join(b.Dir, "netready-tier1-"+name+".log")
 }
 
-// tier1Record is one line of netready's JSON log.
-type tier1Record struct {
-	Time        time.Time `json:"time"` // when the record was written, at the end of the verb
-	Verb        string    `json:"verb"`
-	Container   string    `json:"container"`
-	Pod         string    `json:"pod"`
-	Outcome     string    `json:"outcome"`
-	Reason      string    `json:"reason"`
-	Rule        string    `json:"rule"`
-	Annotations string    `json:"annotations"`
-	Code        int       `json:"code"`
-	Error       string    `json:"error"`
-	TotalMS     float64   `json:"total_ms"`
-	Probes      []struct {
-		URL    string `json:"url"`
-		Origin string `json:"origin"`
-	} `json:"probes"`
-	Conditions []tier1Condition `json:"conditions"`
-	raw        string
-}
-
-type tier1Condition struct {
-	Name     string  `json:"name"`
-	Ready    bool    `json:"ready"`
-	AfterMS  float64 `json:"after_ms"`
-	Attempts int     `json:"attempts"`
-	Error    string  `json:"error"`
-}
-
 // tier1LastRecord is the last record of netready's log for this verb and container.
-func tier1LastRecord(t *testing.T, path, verb, container string) tier1Record {
+func tier1LastRecord(t *testing.T, path, verb, container string) logLine {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatalf("netready's log: %v", err)
-	}
-	defer f.Close()
-	var found *tier1Record
-	s := bufio.NewScanner(f)
-	s.Buffer(nil, 1<<20)
-	for s.Scan() {
-		var r tier1Record
-		if err := json.Unmarshal(s.Bytes(), &r); err != nil {
-			t.Fatalf("netready's log %s: line %q is not JSON: %v", path, s.Text(), err)
-		}
-		r.raw = s.Text()
-		if r.Verb == verb && r.Container == container {
-			found = &r
+	recs := readLog(t, path)
+	for i := len(recs) - 1; i >= 0; i-- {
+		if recs[i].Verb == verb && recs[i].Container == container {
+			return recs[i]
 		}
 	}
-	if err := s.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if found == nil {
-		t.Fatalf("netready's log %s has no %s record for container %s", path, verb, container)
-	}
-	return *found
+	t.Fatalf("netready's log %s has no %s record for container %s", path, verb, container)
+	return logLine{}
 }
 
-// condition returns the record's condition of that name.
-func (r tier1Record) condition(t *testing.T, name string) tier1Condition {
-	t.Helper()
-	for _, c := range r.Conditions {
-		if c.Name == name {
-			return c
-		}
-	}
-	t.Fatalf("%s record has no condition %q: %s", r.Verb, name, r.raw)
-	return tier1Condition{}
-}
-
-// readyAt is when the condition held, on the test's clock, give or take: netready started total_ms
-// before it wrote the record, and after_ms counts from the start of its gate, which comes a little
-// after (parsing, opening the netns: a millisecond or two, more on a busy machine). So readyAt is
-// early by that much, never late.
-func (r tier1Record) readyAt(c tier1Condition) time.Time {
-	ms := func(f float64) time.Duration { return time.Duration(f * float64(time.Millisecond)) }
-	return r.Time.Add(-ms(r.TotalMS)).Add(ms(c.AfterMS))
+// readyAt is when the condition held, on the test's clock: netready started total_ms before it
+// wrote the record, and after_ms counts from that start.
+func (r logLine) readyAt(c logrec.Condition) time.Time {
+	return r.Start().Add(logrec.MS(c.AfterMS))
 }
 
 // probeOrigins maps each logged probe URL to where it came from (config, rules[N], annotation).
-func (r tier1Record) probeOrigins() map[string]string {
+func (r logLine) probeOrigins() map[string]string {
 	m := map[string]string{}
 	for _, p := range r.Probes {
 		m[p.URL] = p.Origin

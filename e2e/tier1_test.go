@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/netready/netready/e2e/testbed"
+	"github.com/netready/netready/internal/logrec"
 )
 
 // Tier 1 of issue 4: the chain the project ships for K3s (conflist/10-flannel-netready.conflist:
@@ -41,7 +42,7 @@ func TestTier1PortMappings(t *testing.T) {
 		t.Fatalf("ADD: %v", err)
 	}
 	t.Logf("ADD with a hostPort took %v", time.Since(start).Round(time.Microsecond))
-	if rec := tier1LastRecord(t, logFile, "ADD", pod.ContainerID); rec.Outcome != "ready" {
+	if rec := tier1LastRecord(t, logFile, "ADD", pod.ContainerID); rec.Outcome != logrec.Ready {
 		t.Errorf("netready's ADD record: outcome %q, want ready: %s", rec.Outcome, rec.raw)
 	}
 	podIP := podAddr(t, res, false).Addr()
@@ -106,7 +107,7 @@ func TestTier1Bandwidth(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
-	if rec := tier1LastRecord(t, logFile, "ADD", pod.ContainerID); rec.Outcome != "ready" {
+	if rec := tier1LastRecord(t, logFile, "ADD", pod.ContainerID); rec.Outcome != logrec.Ready {
 		t.Errorf("netready's ADD record: outcome %q, want ready: %s", rec.Outcome, rec.raw)
 	}
 	var hostVeth, ifb string
@@ -310,7 +311,7 @@ func TestTier1DualStackProbes(t *testing.T) {
 	v4 := podAddr(t, res, false).Addr()
 	v6 := podAddr(t, res, true).Addr()
 	rec := tier1LastRecord(t, logFile, "ADD", pod.ContainerID)
-	if rec.Outcome != "ready" {
+	if rec.Outcome != logrec.Ready {
 		t.Errorf("netready's ADD record: outcome %q, want ready: %s", rec.Outcome, rec.raw)
 	}
 	for _, name := range []string{

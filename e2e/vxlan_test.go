@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netready/netready/e2e/testbed"
+	"github.com/netready/netready/internal/logrec"
 )
 
 // A two-node K3s cluster with flannel's VXLAN backend, as two beds whose nodes are joined by an
@@ -214,7 +215,7 @@ func TestTier1TwoNodeVXLAN(t *testing.T) {
 	ready := tier1CheckReady(t, probe, p.at, rec.readyAt(c))
 	t.Logf("pod A %s gated on pod B %s: VXLAN programmed on node A at +%.1fms (%v of netlink calls), %s ready %v later (attempt %d), ADD returned %v after the route",
 		ipA, target, tier1MsSince(start, p.at), p.at.Sub(p.began).Round(time.Microsecond), probe, ready.Round(time.Microsecond), c.Attempts, lag.Round(time.Microsecond))
-	if rec.Outcome != "ready" {
+	if rec.Outcome != logrec.Ready {
 		t.Errorf("netready's ADD record on node A: outcome %q, want ready: %s", rec.Outcome, rec.raw)
 	}
 

@@ -13,24 +13,16 @@ import (
 	"time"
 
 	"github.com/netready/netready/e2e/testbed"
+	"github.com/netready/netready/internal/logrec"
 )
 
-// logRecord is the part of netready's log line the benchmark reads.
-type logRecord struct {
-	Time      time.Time `json:"time"` // when netready wrote it, just before it printed its result
-	Verb      string    `json:"verb"`
-	Container string    `json:"container"`
-	Outcome   string    `json:"outcome"`
-	TotalMS   float64   `json:"total_ms"`
-}
-
 // readLog returns netready's ADD records by container id.
-func readLog(path string) (map[string]logRecord, error) {
-	recs := map[string]logRecord{}
+func readLog(path string) (map[string]logrec.Record, error) {
+	recs := map[string]logrec.Record{}
 	err := eachLine(path, func(line []byte) error {
-		var r logRecord
-		if err := json.Unmarshal(line, &r); err != nil {
-			return fmt.Errorf("netready's log %s: %w: %s", path, err, line)
+		r, err := logrec.Parse(line)
+		if err != nil {
+			return fmt.Errorf("netready's log %s: %w", path, err)
 		}
 		if r.Verb == "ADD" {
 			recs[r.Container] = r

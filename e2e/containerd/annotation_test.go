@@ -1,27 +1,14 @@
 package containerd
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/netready/netready/e2e/testbed"
+	"github.com/netready/netready/internal/logrec"
 )
-
-// netreadyRecord is the part of netready's log record (one JSON line per invocation) the test reads.
-type netreadyRecord struct {
-	Verb    string `json:"verb"`
-	Outcome string `json:"outcome"`
-	Pod     string `json:"pod"`
-	Probes  []struct {
-		URL    string `json:"url"`
-		Origin string `json:"origin"`
-	} `json:"probes"`
-}
 
 // TestPodAnnotation: containerd passes the crictl pod config's annotations to netready (the
 // capability io.kubernetes.cri.pod-annotations of the shipped conflist), and
@@ -102,8 +89,11 @@ func TestPodAnnotation(t *testing.T) {
 		t.Errorf("app in the gated pod: first connect failed: %+v", app.Attempts[0])
 	}
 
-	records := readNetreadyLog(t, logFile)
-	var plainAdd, gatedAdd *netreadyRecord
+	records, err := logrec.ReadFile(logFile)
+	if err != nil {
+		t.Fatalf("netready's log: %v", err)
+	}
+	var plainAdd, gatedAdd *logrec.Record
 	for i, rec := range records {
 		if rec.Verb != "ADD" {
 			continue
@@ -118,30 +108,14 @@ func TestPodAnnotation(t *testing.T) {
 	if plainAdd == nil || gatedAdd == nil {
 		t.Fatalf("netready's log has no ADD record for default/plain or default/gated:\n%s", mustRead(t, logFile))
 	}
-	if len(plainAdd.Probes) != 0 || !plainAdd.succeeded() {
+	// Success: the ADD passed the result on (ready: the gate held; ok: nothing to gate).
+	succeeded := func(r *logrec.Record) bool { return r.Outcome == logrec.Ready || r.Outcome == logrec.OK }
+	if len(plainAdd.Probes) != 0 || !succeeded(plainAdd) {
 		t.Errorf("ADD of the pod without the annotation: %+v, want success and no probes", *plainAdd)
 	}
-	if !gatedAdd.succeeded() || len(gatedAdd.Probes) != 1 || gatedAdd.Probes[0].URL != testbed.ProbeDB || gatedAdd.Probes[0].Origin != "annotation" {
+	if !succeeded(gatedAdd) || len(gatedAdd.Probes) != 1 || gatedAdd.Probes[0].URL != testbed.ProbeDB || gatedAdd.Probes[0].Origin != "annotation" {
 		t.Errorf("ADD of the annotated pod: %+v, want success and probe %s from annotation", *gatedAdd, testbed.ProbeDB)
 	}
-}
-
-// succeeded: the ADD passed the result on ("ready": the gate held; "ok": nothing to gate).
-func (r *netreadyRecord) succeeded() bool { return r.Outcome == "ready" || r.Outcome == "ok" }
-
-func readNetreadyLog(t *testing.T, path string) []netreadyRecord {
-	t.Helper()
-	var records []netreadyRecord
-	s := bufio.NewScanner(bytes.NewReader(mustRead(t, path)))
-	for s.Scan() {
-		var rec netreadyRecord
-		if err := json.Unmarshal(s.Bytes(), &rec); err != nil {
-			t.Errorf("netready log line %q: %v", s.Text(), err)
-			continue
-		}
-		records = append(records, rec)
-	}
-	return records
 }
 
 func mustRead(t *testing.T, path string) []byte {

@@ -18,6 +18,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/types/create"
 
+	"github.com/netready/netready/internal/logrec"
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
 	"github.com/netready/netready/pkg/netstate"
@@ -50,6 +51,26 @@ Run by a container runtime (CNI_COMMAND set), it speaks CNI. Run by hand:
       each came from, timeout, onTimeout, gateway, defaultRoute, skipped or
       not and why) without touching any network. Exit 0 when the config and
       annotations are valid, 2 with the error otherwise.
+  netready install [--probe URL ...] [--timeout DUR] [--on-timeout fail|allow]
+                   [--skip-namespace NS ...] [--log-file PATH] [--mode owned|flannel-cni-conf]
+                   [--binary PATH] [--bin-dir DIR] [--data-dir DIR] [--root DIR]
+                   [--restart] [--dry-run]
+      Chain netready last in K3s's flannel chain on this node (as root). The
+      default owned mode writes K3s's live chain with netready last to
+      <data-dir>/agent/etc/cni/net.d/00-netready.conflist, which containerd
+      reads first and picks up without a restart; it installs the binary
+      into K3s's CNI bin dir. --skip-namespace defaults to kube-system (''
+      skips none); --log-file defaults to /var/log/netready/netready.log
+      ('' logs to stderr, which K3s loses); --data-dir defaults to the
+      running k3s's. A second identical run changes nothing. It ends by
+      checking that the first conflist containerd reads chains netready.
+      Exit 0 done, 1 failed or refused (nothing changed unless it says so),
+      2 usage error, 3 files in place but netready not in containerd's chain
+      (flannel-cni-conf mode before a restart, or where K3s ignores it).
+  netready uninstall [--bin-dir DIR] [--data-dir DIR] [--root DIR] [--restart] [--dry-run]
+      Remove exactly what install made (its record is
+      <data-dir>/agent/etc/cni/netready-install.state). Exit 0 done, 1
+      failed or refused, 2 usage error.
   netready version
       Print the version (also --version).
   netready help
@@ -66,6 +87,10 @@ func runCLI(args []string, stdout, stderr io.Writer) int {
 		return cliCheck(args[1:], stdout, stderr)
 	case "explain":
 		return cliExplain(args[1:], stdout, stderr)
+	case "install":
+		return cliInstall(args[1:], stdout, stderr)
+	case "uninstall":
+		return cliUninstall(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "netready %s (CNI %s)\n", version, strings.Join(supported.SupportedVersions(), ", "))
 		return exitReady
@@ -253,19 +278,19 @@ func cliExplain(args []string, stdout, stderr io.Writer) int {
 
 // explanation is the resolved spec as explain shows it.
 type explanation struct {
-	Pod                string     `json:"pod,omitempty"`
-	Skipped            bool       `json:"skipped"`
-	SkipReason         string     `json:"skipReason,omitempty"`
-	Rule               string     `json:"rule,omitempty"`
-	Timeout            string     `json:"timeout"`
-	OnTimeout          string     `json:"onTimeout"`
-	Gateway            bool       `json:"gateway"`
-	DefaultRoute       bool       `json:"defaultRoute"`
-	Interval           string     `json:"interval"`
-	MaxInterval        string     `json:"maxInterval"`
-	AttemptTimeout     string     `json:"attemptTimeout"`
-	Probes             []probeLog `json:"probes"`
-	AnnotationsIgnored bool       `json:"annotationsIgnored,omitempty"`
+	Pod                string         `json:"pod,omitempty"`
+	Skipped            bool           `json:"skipped"`
+	SkipReason         string         `json:"skipReason,omitempty"`
+	Rule               string         `json:"rule,omitempty"`
+	Timeout            string         `json:"timeout"`
+	OnTimeout          string         `json:"onTimeout"`
+	Gateway            bool           `json:"gateway"`
+	DefaultRoute       bool           `json:"defaultRoute"`
+	Interval           string         `json:"interval"`
+	MaxInterval        string         `json:"maxInterval"`
+	AttemptTimeout     string         `json:"attemptTimeout"`
+	Probes             []logrec.Probe `json:"probes"`
+	AnnotationsIgnored bool           `json:"annotationsIgnored,omitempty"`
 }
 
 func newExplanation(pod string, s config.Spec) explanation {
@@ -274,11 +299,11 @@ func newExplanation(pod string, s config.Spec) explanation {
 		Timeout: s.Timeout.String(), OnTimeout: string(s.OnTimeout),
 		Gateway: s.Gateway, DefaultRoute: s.DefaultRoute,
 		Interval: s.Interval.String(), MaxInterval: s.MaxInterval.String(), AttemptTimeout: s.AttemptTimeout.String(),
-		Probes:             []probeLog{},
+		Probes:             []logrec.Probe{},
 		AnnotationsIgnored: s.AnnotationsIgnored,
 	}
 	for _, p := range s.Probes {
-		e.Probes = append(e.Probes, probeLog{p.URL, p.Origin})
+		e.Probes = append(e.Probes, logrec.Probe{URL: p.URL, Origin: p.Origin})
 	}
 	return e
 }

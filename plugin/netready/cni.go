@@ -16,6 +16,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	cniversion "github.com/containernetworking/cni/pkg/version"
 
+	"github.com/netready/netready/internal/logrec"
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
 	"github.com/netready/netready/pkg/podcheck"
@@ -48,7 +49,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 			return rec.fail(err)
 		}
 	} else {
-		rec.outcome, rec.reason = "skipped", spec.SkipReason
+		rec.outcome, rec.reason = logrec.Skipped, spec.SkipReason
 	}
 	// The answer is the previous plugin's result, untouched, in the
 	// list's version.
@@ -69,7 +70,7 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 		return rec.fail(err)
 	}
 	if spec.Skipped {
-		rec.outcome, rec.reason = "skipped", spec.SkipReason
+		rec.outcome, rec.reason = logrec.Skipped, spec.SkipReason
 		return nil
 	}
 	return rec.fail(p.gate(rec, args, spec, prev, min(spec.Timeout, checkBudget)))
@@ -91,23 +92,17 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 
 // status succeeds when the configuration is valid.
 func (p *plugin) status(args *skel.CmdArgs) error {
-	rec := p.newRecord("STATUS", nil)
+	rec := p.newRecord("STATUS", args)
 	defer rec.write()
-	conf, err := config.Parse(args.StdinData)
-	if err != nil {
-		return rec.fail(err)
-	}
-	rec.logFile = conf.LogFile
-	return nil
+	_, err := config.Parse(args.StdinData)
+	return rec.fail(err)
 }
 
-// gc succeeds: netready keeps no state to collect.
+// gc succeeds: netready keeps no state to collect. (A GC that failed
+// would leave a line; one that succeeds leaves none.)
 func (p *plugin) gc(args *skel.CmdArgs) error {
-	rec := p.newRecord("GC", nil)
+	rec := p.newRecord("GC", args)
 	defer rec.write()
-	if conf, err := config.Parse(args.StdinData); err == nil {
-		rec.logFile = conf.LogFile
-	}
 	return nil
 }
 
@@ -172,24 +167,24 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *c
 	waited := time.Since(p.start).Round(time.Millisecond)
 	switch {
 	case report.Ready():
-		rec.outcome = "ready"
+		rec.outcome = logrec.Ready
 		return nil
 	case gate.IsPermanent(report.Err):
 		// The pod's link vanished, its address failed DAD: waiting longer
 		// cannot help. The condition at fault is in the summary.
-		rec.outcome = "failed"
+		rec.outcome = logrec.Failed
 		return types.NewError(types.ErrTryAgainLater,
 			fmt.Sprintf("pod network cannot become ready (after %v): %s", waited, report.Summary()), details(report, p.start))
 	case report.Err != nil:
 		// A signal from the runtime, the netns removed under us.
-		rec.outcome = "interrupted"
+		rec.outcome = logrec.Interrupted
 		return types.NewError(types.ErrTryAgainLater,
 			fmt.Sprintf("stopped waiting after %v: %v; unmet: %s", waited, report.Err, report.Summary()), details(report, p.start))
 	case spec.OnTimeout == config.Allow:
-		rec.outcome, rec.level = "timeout-allowed", levelWarn
+		rec.outcome, rec.level = logrec.TimeoutAllowed, logrec.LevelWarn
 		return nil
 	}
-	rec.outcome = "timeout"
+	rec.outcome = logrec.Timeout
 	return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod network not ready after %v: %s", waited, report.Summary()), details(report, p.start))
 }
 

@@ -1,24 +1,23 @@
 package main
 
 import (
-	"context"
+	"encoding/json"
 	"errors"
-	"io"
-	"log/slog"
-	"os"
+	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/netready/netready/internal/logfile"
+	"github.com/netready/netready/internal/logrec"
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
 )
 
-const levelWarn = slog.LevelWarn
-
-// record collects what one invocation logs: exactly one JSON line, written
+// record collects what one invocation logs: at most one JSON line, written
 // when the verb is done.
 type record struct {
 	p       *plugin
@@ -27,16 +26,38 @@ type record struct {
 	logFile string
 	pod     string   // namespace/name, when the runtime said
 	secrets []string // annotation values the log must not show
-	outcome string
+	outcome logrec.Outcome
 	reason  string
-	level   slog.Level
+	level   string
 	spec    *config.Spec
 	report  *gate.Report
 	err     error
 }
 
 func (p *plugin) newRecord(verb string, args *skel.CmdArgs) *record {
-	return &record{p: p, verb: verb, args: args, outcome: "ok"}
+	return &record{p: p, verb: verb, args: args, outcome: logrec.OK, level: logrec.LevelInfo}
+}
+
+// maxLogFileSearch bounds the stdin searched for a logFile apart from the
+// config's validation: a real config, prevResult and annotations included,
+// is well under it, and hostile input must not cost a second full parse.
+const maxLogFileSearch = 1 << 20
+
+// logFileOf is the config's logFile, read apart from the config's
+// validation: a config error (or a missing prevResult) is worth a line, and
+// on K3s stderr is lost when the plugin fails. Only an absolute path counts,
+// the rule config.Parse applies.
+func logFileOf(stdin []byte) string {
+	if len(stdin) > maxLogFileSearch {
+		return ""
+	}
+	var c struct {
+		LogFile string `json:"logFile"`
+	}
+	if json.Unmarshal(stdin, &c) != nil || !filepath.IsAbs(c.LogFile) {
+		return ""
+	}
+	return c.LogFile
 }
 
 func (r *record) setPod(pod config.Pod) {
@@ -67,37 +88,22 @@ func (r *record) fail(err error) error {
 		return nil
 	}
 	r.err = err
-	r.level = slog.LevelError
-	if r.outcome == "ok" {
-		r.outcome = "error"
+	r.level = logrec.LevelError
+	if r.outcome == logrec.OK {
+		r.outcome = logrec.Error
 	}
 	return err
 }
 
-// condLog is one condition as logged and as put in an error's details.
-type condLog struct {
-	Name     string  `json:"name"`
-	Ready    bool    `json:"ready"`
-	AfterMS  float64 `json:"after_ms,omitempty"`
-	Attempts int     `json:"attempts"`
-	Error    string  `json:"error,omitempty"`
-}
-
-// probeLog says where a probe came from: config, rules[N] or annotation.
-type probeLog struct {
-	URL    string `json:"url"`
-	Origin string `json:"origin"`
-}
-
 // conditionLogs lists the conditions; after_ms counts from start (the
 // plugin's), like total_ms, so both can be laid on one clock.
-func conditionLogs(r *gate.Report, start time.Time) []condLog {
+func conditionLogs(r *gate.Report, start time.Time) []logrec.Condition {
 	offset := r.Start.Sub(start)
-	out := make([]condLog, 0, len(r.Conditions))
+	out := make([]logrec.Condition, 0, len(r.Conditions))
 	for _, c := range r.Conditions {
-		l := condLog{Name: c.Name, Ready: c.Ready, Attempts: c.Attempts}
+		l := logrec.Condition{Name: c.Name, Ready: c.Ready, Attempts: c.Attempts}
 		if c.Ready {
-			l.AfterMS = ms(offset + c.After)
+			l.AfterMS = logrec.Millis(offset + c.After)
 		} else if c.LastErr != nil {
 			l.Error = c.LastErr.Error()
 		}
@@ -106,68 +112,76 @@ func conditionLogs(r *gate.Report, start time.Time) []condLog {
 	return out
 }
 
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+// quiet reports whether the invocation leaves no line: a STATUS or GC that
+// succeeded. containerd calls STATUS every 5 s under cniVersion 1.1.0,
+// some 17,000 lines a day that say nothing; their failures say much.
+func (r *record) quiet() bool {
+	return (r.verb == "STATUS" || r.verb == "GC") && r.err == nil
+}
 
-func (r *record) write() {
-	w, closeFn := r.output()
-	defer closeFn()
-	log := slog.New(slog.NewJSONHandler(w, nil))
-	attrs := []slog.Attr{
-		slog.String("verb", r.verb),
-		slog.String("outcome", r.outcome),
-		slog.Float64("total_ms", ms(time.Since(r.p.start))),
+// line is the record as the log shows it.
+func (r *record) line() logrec.Record {
+	l := logrec.Record{
+		Time:    time.Now(),
+		Level:   r.level,
+		Msg:     "netready " + r.verb,
+		Verb:    r.verb,
+		Outcome: r.outcome,
+		TotalMS: logrec.Millis(time.Since(r.p.start)),
+		Pod:     r.pod,
+		Reason:  r.reason,
 	}
 	if r.args != nil {
-		attrs = append(attrs, slog.String("container", r.args.ContainerID))
-	}
-	if r.pod != "" {
-		attrs = append(attrs, slog.String("pod", r.pod))
-	}
-	if r.reason != "" {
-		attrs = append(attrs, slog.String("reason", r.reason))
+		l.Container = r.args.ContainerID
 	}
 	if s := r.spec; s != nil && !s.Skipped { // a skipped pod's rule and probes do not apply
-		if s.Rule != "" {
-			attrs = append(attrs, slog.String("rule", s.Rule))
-		}
+		l.Rule = s.Rule
 		if s.AnnotationsIgnored {
-			attrs = append(attrs, slog.String("annotations", "ignored: annotations.allow is false in the netready config"))
+			l.Annotations = "ignored: annotations.allow is false in the netready config"
 		}
-		if len(s.Probes) > 0 {
-			probes := make([]probeLog, len(s.Probes))
-			for i, p := range s.Probes {
-				probes[i] = probeLog{p.URL, p.Origin}
-			}
-			attrs = append(attrs, slog.Any("probes", probes))
+		for _, p := range s.Probes {
+			l.Probes = append(l.Probes, logrec.Probe{URL: p.URL, Origin: p.Origin})
 		}
 	}
 	if r.report != nil {
-		attrs = append(attrs, slog.Any("conditions", conditionLogs(r.report, r.p.start)))
-		if len(r.report.Notes) > 0 {
-			attrs = append(attrs, slog.Any("notes", r.report.Notes))
-		}
+		l.Conditions = conditionLogs(r.report, r.p.start)
+		l.Notes = r.report.Notes
 	}
 	if r.err != nil {
 		var e *types.Error
 		if errors.As(r.err, &e) {
-			attrs = append(attrs, slog.Uint64("code", uint64(e.Code)), slog.String("error", r.redact(e.Msg)))
+			l.Code, l.Error = e.Code, r.redact(e.Msg)
 		} else {
-			attrs = append(attrs, slog.String("error", r.redact(r.err.Error())))
+			l.Error = r.redact(r.err.Error())
 		}
 	}
-	log.LogAttrs(context.Background(), r.level, "netready "+r.verb, attrs...)
+	return l
 }
 
-// output opens the log file for appending, or falls back to stderr (which
-// the runtime keeps in its own log) when there is none or it cannot open.
-func (r *record) output() (io.Writer, func()) {
+// write appends the line to logFile (kept bounded there), or to stderr,
+// which the runtime keeps in its own log, when the config names none.
+func (r *record) write() {
+	// write is deferred by every verb: a panic (a bug) passes through here.
+	// Leave its line, then let it go on to crash with its stack.
+	if v := recover(); v != nil {
+		r.outcome = logrec.Error
+		r.fail(fmt.Errorf("netready panicked, a bug (please report it with the stack on stderr): %v", v))
+		defer panic(v)
+	}
+	if r.quiet() {
+		return
+	}
+	if r.logFile == "" && r.args != nil { // the config did not parse, or names none
+		r.logFile = logFileOf(r.args.StdinData)
+	}
+	b, err := r.line().Marshal()
+	if err != nil { // strings, numbers and a time: cannot happen, but say so
+		fmt.Fprintf(r.p.stderr, "netready %s: cannot encode its log record: %v\n", r.verb, err)
+		return
+	}
 	if r.logFile == "" {
-		return r.p.stderr, func() {}
+		_, _ = r.p.stderr.Write(b)
+		return
 	}
-	f, err := os.OpenFile(r.logFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-	if err != nil {
-		slog.New(slog.NewJSONHandler(r.p.stderr, nil)).Warn("netready: cannot open logFile, logging to stderr", "error", err.Error())
-		return r.p.stderr, func() {}
-	}
-	return f, func() { f.Close() }
+	logfile.File{Path: r.logFile}.Write(b, r.p.stderr)
 }
