@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"runtime/debug"
 	"strconv"
@@ -42,6 +43,9 @@ type Node struct {
 	dir   *os.File // held open: every file is opened relative to it
 	netns string   // the node netns's identity, mixed into every name
 	wake  chan struct{}
+	// closeBit wakes this ADD's own futex waiters on Close.
+	closeBit uint32
+	waiters  sync.WaitGroup
 
 	mu      sync.Mutex
 	targets []*Target // guarded by mu
@@ -78,7 +82,7 @@ func Open(dir string) (*Node, error) {
 		d.Close()
 		return nil, err
 	}
-	return &Node{dir: d, netns: netns, wake: make(chan struct{}, 1)}, nil
+	return &Node{dir: d, netns: netns, wake: make(chan struct{}, 1), closeBit: 1 << (1 + rand.N(31))}, nil
 }
 
 // netnsID names the netns netready runs in, the node's: two simulated nodes
@@ -127,9 +131,14 @@ type Target struct {
 const wordSize = 4
 
 // futex(2) operations, shared between processes (no FUTEX_PRIVATE_FLAG).
+// With bitsets a waiter is woken by the leader's answer (answerBit) or by
+// its own Close (closeBit, one of 31 picked at random): a Close wakes a
+// thirty-first of the other ADDs' waiters, which find the counter unchanged
+// and wait again.
 const (
-	futexWaitOp = 0 // FUTEX_WAIT
-	futexWakeOp = 1 // FUTEX_WAKE
+	futexWaitBitset = 9  // FUTEX_WAIT_BITSET: the timeout is absolute, CLOCK_MONOTONIC
+	futexWakeBitset = 10 // FUTEX_WAKE_BITSET
+	answerBit       = 1
 )
 
 // Target opens the files of key (a probe's URL, say) and starts waiting on
@@ -169,7 +178,7 @@ func (n *Node) Target(key string) (*Target, error) {
 	n.mu.Lock()
 	n.targets = append(n.targets, t)
 	n.mu.Unlock()
-	go t.waitAnswers()
+	n.waiters.Go(t.waitAnswers)
 	return t, nil
 }
 
@@ -177,6 +186,9 @@ func (n *Node) Target(key string) (*Target, error) {
 // done: the goroutine of a finished ADD lingers at most this long, and the
 // process usually exits first.
 const futexWait = 5 * time.Second
+
+// closeWait bounds how long Close waits for the futex waiters to leave.
+const closeWait = 50 * time.Millisecond
 
 // waitAnswers forwards every change of the answer counter to Node.Answered.
 // The wait is a shared (not private) futex on the mapped file: the leader's
@@ -194,10 +206,15 @@ func (t *Target) waitAnswers() {
 		t.n.mu.Unlock()
 	}()
 	addr := (*uint32)(unsafe.Pointer(&t.word[0]))
-	ts := unix.NsecToTimespec(int64(futexWait))
 	for {
 		v := atomic.LoadUint32(addr)
-		unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWaitOp, uintptr(v), uintptr(unsafe.Pointer(&ts)), 0, 0)
+		var ts unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+			return
+		}
+		ts = unix.NsecToTimespec(ts.Nano() + int64(futexWait))
+		unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWaitBitset, uintptr(v),
+			uintptr(unsafe.Pointer(&ts)), 0, uintptr(answerBit|t.n.closeBit))
 		t.n.mu.Lock()
 		closed := t.n.closed
 		t.n.mu.Unlock()
@@ -302,18 +319,42 @@ func (t *Target) wakeFollowers() {
 	}
 	addr := (*uint32)(unsafe.Pointer(&t.word[0]))
 	atomic.AddUint32(addr, 1)
-	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWakeOp, math.MaxInt32, 0, 0, 0)
+	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWakeBitset, math.MaxInt32, 0, 0, answerBit)
 }
 
-// Close releases every lead this ADD holds. The futex waits end within
-// futexWait; Close does not wait for them.
+// Close releases every lead this ADD holds and ends its futex waits.
 func (n *Node) Close() error {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	if n.closed {
+		n.mu.Unlock()
 		return nil
 	}
 	n.closed = true
+	n.mu.Unlock()
+	// A waiter between reading the counter and entering its wait misses a
+	// wake: wake again every millisecond until all have left (each unmaps
+	// its word). Past closeWait, give up: a waiter left behind ends at its
+	// timeout, and the process usually exits long before.
+	done := make(chan struct{})
+	go func() { n.waiters.Wait(); close(done) }()
+	for range closeWait / time.Millisecond {
+		n.mu.Lock()
+		for _, t := range n.targets {
+			if !t.gone {
+				addr := (*uint32)(unsafe.Pointer(&t.word[0]))
+				unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWakeBitset, math.MaxInt32, 0, 0, uintptr(n.closeBit))
+			}
+		}
+		n.mu.Unlock()
+		select {
+		case <-done:
+		case <-time.After(time.Millisecond):
+			continue
+		}
+		break
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	for _, t := range n.targets {
 		// Explicitly: the mapping of the lead file holds its open file,
 		// so closing the fd alone would keep the flock until the munmap.
