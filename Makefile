@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 30s
 
-.PHONY: all build deps test unit demo bench fuzz vet clean dist dist-check e2e e2e-containerd
+.PHONY: all build deps test unit demo bench fuzz vet clean dist dist-check e2e e2e-containerd image image-test deploy-test
 
 all: build
 
@@ -23,6 +23,8 @@ test: deps build vet
 	$(GO) test -count=1 -timeout 20m ./...
 	$(MAKE) e2e-containerd
 	$(MAKE) dist-check
+	$(MAKE) image-test
+	$(MAKE) deploy-test
 
 # Both end-to-end tiers. E2E_JSON=FILE writes the seed scenario's figures there.
 e2e: build
@@ -89,3 +91,34 @@ dist:
 # The tarballs' binaries run on amd64, arm64 and armv7 (the last two under qemu-user).
 dist-check: dist
 	bash scripts/dist-check.sh
+
+# Container images without a container engine (packaging/image, go-containerregistry, a module of
+# its own): dist/image/netready-image-$(VERSION)-linux-{amd64,arm64,arm}.tar, each the static
+# binary alone on an empty base (for `ctr images import` or `docker load`, tagged
+# docker.io/netready/netready:$(VERSION)), and dist/image/netready-image-$(VERSION)-oci.tar, an OCI
+# layout with the multi-arch index. Dated at the last commit like `make dist`: same bytes again.
+image:
+	rm -rf dist/image
+	set -e; bins=; for arch in $(DIST_ARCHES); do \
+		goarm=; if [ $$arch = arm ]; then goarm=7; fi; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch GOARM=$$goarm \
+			$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/image/bin/$$arch/netready ./plugin/netready; \
+		bins="$$bins -bin $$arch=$(CURDIR)/dist/image/bin/$$arch/netready"; \
+	done; \
+	cd packaging/image && $(GO) run . -version $(VERSION) -epoch $(SOURCE_DATE_EPOCH) -out $(CURDIR)/dist/image $$bins
+	rm -rf dist/image/bin
+
+# The image builder's tests (reproducible bytes, the tarballs load back), then `make image` twice:
+# the same tree must give the same digests.
+image-test:
+	cd packaging/image && $(GO) vet ./... && $(GO) test -count=1 ./...
+	$(MAKE) image >/dev/null && sha256sum dist/image/*.tar >dist/image-sums.1
+	$(MAKE) image >/dev/null && sha256sum dist/image/*.tar | diff -u dist/image-sums.1 - && \
+		echo "make image: the same bytes twice" && rm -f dist/image-sums.1
+
+# deploy/: the Helm chart rendered with helm's Go packages (defaults, overrides, bad values), every
+# object and deploy/netready.yaml checked against the Kubernetes schema (kubeconform, offline),
+# the ConfigMap's plugin object parsed by pkg/config. A module of its own (helm and k8s stay out of
+# the plugin's go.mod); needs neither root nor a cluster.
+deploy-test:
+	cd deploy/test && $(GO) vet ./... && $(GO) test -count=1 ./...

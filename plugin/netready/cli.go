@@ -51,6 +51,12 @@ Run by a container runtime (CNI_COMMAND set), it speaks CNI. Run by hand:
       each came from, timeout, onTimeout, gateway, defaultRoute, skipped or
       not and why) without touching any network. Exit 0 when the config and
       annotations are valid, 2 with the error otherwise.
+  netready stats [--log FILE] [--since DUR] [--top N]
+      How long pods waited for their network, from netready's log (default
+      /var/log/netready/netready.log) and its rotated FILE.1, FILE.2 …:
+      p50/p90/p99/max by namespace and by kind of condition, how ADDs ended,
+      the slowest pods, and whether the wait stays above 2 s. Exit 0, 2 for
+      usage, 3 when the log cannot be read.
   netready install [--probe URL ...] [--timeout DUR] [--on-timeout fail|allow]
                    [--skip-namespace NS ...] [--log-file PATH] [--mode owned|flannel-cni-conf]
                    [--binary PATH] [--bin-dir DIR] [--data-dir DIR] [--root DIR]
@@ -71,6 +77,17 @@ Run by a container runtime (CNI_COMMAND set), it speaks CNI. Run by hand:
       Remove exactly what install made (its record is
       <data-dir>/agent/etc/cni/netready-install.state). Exit 0 done, 1
       failed or refused, 2 usage error.
+  netready agent --config FILE [--cni-conf-dir DIR] [--cni-bin-dir DIR] [--log FILE]
+                 [--metrics-addr HOST:PORT] [--metrics-namespaces]
+      The DaemonSet's mode (deploy/): copy this binary into the CNI bin dir,
+      keep 00-netready.conflist (the primary chain with FILE's netready
+      object last) in step with the primary conflist, re-created within a
+      second when it changes or vanishes; serve /metrics of the waits read
+      from --log; on SIGTERM remove 00-netready.conflist only. Refuses a
+      primary that already chains netready and a conf dir another CNI owns
+      (Cilium's exclusive mode, a file that sorts before netready's).
+      Defaults: K3s's dirs, --log /var/log/netready/netready.log,
+      --metrics-addr :9725.
   netready version
       Print the version (also --version).
   netready help
@@ -87,10 +104,14 @@ func runCLI(args []string, stdout, stderr io.Writer) int {
 		return cliCheck(args[1:], stdout, stderr)
 	case "explain":
 		return cliExplain(args[1:], stdout, stderr)
+	case "stats":
+		return cliStats(args[1:], stdout, stderr, time.Now())
 	case "install":
 		return cliInstall(args[1:], stdout, stderr)
 	case "uninstall":
 		return cliUninstall(args[1:], stdout, stderr)
+	case "agent":
+		return cliAgent(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "netready %s (CNI %s)\n", version, strings.Join(supported.SupportedVersions(), ", "))
 		return exitReady
