@@ -48,6 +48,7 @@ import (
 	"time"
 
 	"github.com/netready/netready/e2e/testbed"
+	"github.com/netready/netready/pkg/podcheck"
 )
 
 // options are the run's sizes. full() is `make bench`, quick() the smoke test.
@@ -177,6 +178,12 @@ func run(ctx context.Context, o options, out io.Writer) (*Figures, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(bin)
+	// netready's coordination files go with the bench's other files, not into /run/netready.
+	runDir := filepath.Join(bin, "run")
+	if err := os.Mkdir(runDir, 0o700); err != nil {
+		return nil, err
+	}
+	os.Setenv(podcheck.RunDirEnv, runDir)
 	if err := buildPlugins(bin, o.netready); err != nil {
 		return nil, err
 	}
