@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 30s
 
-.PHONY: all build deps test unit demo bench fuzz vet clean dist dist-check e2e e2e-containerd image image-test deploy-test
+.PHONY: all build deps test unit demo bench fuzz vet clean dist dist-check e2e e2e-containerd e2e-k3s image image-test deploy-test
 
 all: build
 
@@ -22,14 +22,17 @@ deps:
 test: deps build vet
 	$(GO) test -count=1 -timeout 20m ./...
 	$(MAKE) e2e-containerd
+	$(MAKE) e2e-k3s
 	$(MAKE) dist-check
 	$(MAKE) image-test
 	$(MAKE) deploy-test
 
-# Both end-to-end tiers. E2E_JSON=FILE writes the seed scenario's figures there.
+# The end-to-end tiers. E2E_JSON=FILE writes the containerd seed scenario's figures there,
+# E2E_K3S_JSON=FILE the K3s tier's.
 e2e: build
 	$(GO) test -count=1 -timeout 20m ./e2e/...
 	$(MAKE) e2e-containerd
+	$(MAKE) e2e-k3s
 
 # The tests that need neither root nor network namespaces.
 unit:
@@ -44,6 +47,13 @@ vet:
 e2e-containerd:
 	cd e2e/containerd && $(GO) vet ./... && \
 		NETREADY_SEED_JSON=$(if $(E2E_JSON),$(abspath $(E2E_JSON))) $(GO) test -count=1 -v -timeout 30m ./...
+
+# A real K3s node (../shared/k3s, or NETREADY_K3S_DIR, or K3S_BIN) in network namespaces, with
+# netready installed in its live chain. Root only; skips otherwise or when there is no K3s.
+# E2E_K3S_JSON=FILE writes the figures; E2E_K3S_FLAGS=-short runs fewer pods. See e2e/k3s/README.md.
+e2e-k3s:
+	cd e2e/k3s && $(GO) vet ./... && \
+		E2E_K3S_JSON=$(if $(E2E_K3S_JSON),$(abspath $(E2E_K3S_JSON))) $(GO) test -count=1 -v -timeout 40m ./... $(E2E_K3S_FLAGS)
 
 demo: deps
 	$(GO) run ./e2e/demo

@@ -12,6 +12,14 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# The K3s tier (e2e/k3s): xz to unpack shared/k3s; what K3s and runc need on the host.
+command -v xz >/dev/null 2>&1 || need+=(xz-utils)
+command -v ipset >/dev/null 2>&1 || need+=(ipset)
+command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
+command -v socat >/dev/null 2>&1 || need+=(socat)
+command -v ethtool >/dev/null 2>&1 || need+=(ethtool)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+ldconfig -p 2>/dev/null | grep -q libseccomp.so.2 || need+=(libseccomp2)
 command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static) # make dist-check runs the arm builds
 
 if [ "${#need[@]}" -gt 0 ]; then
@@ -27,3 +35,4 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 command -v go >/dev/null 2>&1 || { echo "test-deps: go not found on PATH (install Go 1.26 or newer)" >&2; exit 1; }
 go mod download
+(cd e2e/k3s && go mod download)

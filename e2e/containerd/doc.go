@@ -15,7 +15,7 @@
 // below as its sandbox image, pod netns mounted under its state dir (so they never show in
 // `ip netns list`), and AppArmor off (no profile is loaded into the host kernel).
 //
-// Images are built here, not pulled: WriteOCIArchive writes an OCI image layout (one layer of
+// Images are built here, not pulled: ociimage.Write writes an OCI image layout (one layer of
 // static binaries, config, manifest, index) and Runtime.Import loads it with
 // `ctr -n k8s.io images import`. PauseImage holds cmd/pause; ProbeImage holds cmd/probe, which
 // connects to the db the instant its container starts ("app") or runs the init container's

@@ -1,0 +1,236 @@
+package k3s
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBlocked: the path to the db is blocked (nft drop in the router) for longer than netready's
+// timeout. The pod's events carry netready's message, the kubelet retries the sandbox (a second
+// failed ADD), and once the path opens the pod runs. Measures the kubelet's retry gap and how
+// long after the opening the app starts (the cost of a failed ADD).
+func TestBlocked(t *testing.T) {
+	n := need(t)
+	ctx := t.Context()
+	const ns = "e2e-blocked"
+	if err := n.CreateNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	install(t, n, netreadyConf(n, "10s", nil))
+	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fault.Unblock() })
+	p := PodSpec{Namespace: ns, Name: "blocked"}
+	if err := n.Apply(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	// Two failed ADDs: netready's message in the event, and the kubelet's retry.
+	var failed []logLine
+	deadline := time.Now().Add(2 * time.Minute)
+	for len(failed) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 2 min, %d failed ADDs of netready for the pod (want 2); events: %s", len(failed), n.describe(ctx, ns, p.Name))
+		}
+		time.Sleep(500 * time.Millisecond)
+		failed = failed[:0]
+		for _, l := range addLines(t, n, ns+"/"+p.Name) {
+			if l.Outcome != "ready" {
+				failed = append(failed, l)
+			}
+		}
+	}
+	evs, err := n.API.PodEvents(ctx, ns, p.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hasMsg := slices.ContainsFunc(evs, func(e Event) bool {
+		return e.Reason == "FailedCreatePodSandBox" && strings.Contains(e.Message, `plugin type="netready" failed (add): pod network not ready after`) &&
+			strings.Contains(e.Message, "tcp://198.51.100.10:5432")
+	})
+	figures.SetIn("blocked", "event_has_message", hasMsg)
+	if !hasMsg {
+		t.Fatalf("no FailedCreatePodSandBox event with netready's message; events: %s", n.describe(ctx, ns, p.Name))
+	}
+	gap := failed[1].Time.Add(-time.Duration(failed[1].TotalMS * 1e6)).Sub(failed[0].Time)
+	t.Logf("netready's message is in the pod's event; the kubelet retried the sandbox %.1f s after the failed ADD", gap.Seconds())
+	figures.SetIn("blocked", "retry_gap_s", round1(gap.Seconds()))
+
+	// Open the path at a random moment of a waiting ADD, or of a retry gap: the pod runs.
+	time.Sleep(time.Duration(rand.Int64N(int64(5 * time.Second))))
+	openedAt, err := fault.Unblock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.WaitPhase(ctx, ns, p.Name, 2*time.Minute, "Succeeded"); err != nil {
+		t.Fatal(err)
+	}
+	app, err := n.AppReport(ctx, ns, p.Name, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := time.Duration(app.StartedNS - openedAt.UnixNano())
+	t.Logf("path opened after %d failed ADDs; the app started %v after the opening", len(failed), after.Round(time.Millisecond))
+	figures.SetIn("blocked", "open_to_app_start_ms", round1(float64(after)/1e6))
+	if app.FirstFailed {
+		t.Errorf("the app's first connect failed after netready passed the pod: %s", app.FirstError)
+	}
+}
+
+// TestOutageShorterThanTimeout: the path opens 1-6 s after the pod's veth appears, within
+// netready's 30 s timeout: netready's ADD returns right after the opening and the app, started
+// then, connects on its first attempt. Measures path opened -> ADD returned and -> app started.
+func TestOutageShorterThanTimeout(t *testing.T) {
+	n := need(t)
+	ctx := t.Context()
+	const ns = "e2e-outage"
+	count := 10
+	if testing.Short() {
+		count = 3
+	}
+	if err := n.CreateNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	install(t, n, netreadyConf(n, "30s", nil))
+	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fault.Unblock() })
+	watch, err := n.WatchVeths()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Close()
+	var toADD, toApp []float64
+	for i := range count {
+		p := PodSpec{Namespace: ns, Name: fmt.Sprintf("outage-%02d", i)}
+		if err := fault.Block(); err != nil {
+			t.Fatal(err)
+		}
+		veth := watch.Next()
+		if err := n.Apply(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		var vethAt time.Time
+		select {
+		case vethAt = <-veth:
+		case <-time.After(time.Minute):
+			t.Fatalf("pod %s: no veth within a minute: %s", p.Name, n.describe(ctx, ns, p.Name))
+		}
+		o := <-fault.OpenAt(vethAt.Add(time.Second + time.Duration(rand.Int64N(int64(5*time.Second)))))
+		if o.Err != nil {
+			t.Fatal(o.Err)
+		}
+		if _, err := n.WaitPhase(ctx, ns, p.Name, 2*time.Minute, "Succeeded"); err != nil {
+			t.Fatal(err)
+		}
+		app, err := n.AppReport(ctx, ns, p.Name, "app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := addLines(t, n, ns+"/"+p.Name)
+		if len(lines) != 1 || lines[0].Outcome != "ready" {
+			t.Fatalf("pod %s: want one ready ADD of netready, got %+v", p.Name, lines)
+		}
+		if app.FirstFailed {
+			t.Errorf("pod %s: the app's first connect failed: %s", p.Name, app.FirstError)
+		}
+		toADD = append(toADD, round1(float64(lines[0].Time.Sub(o.At))/1e6))
+		toApp = append(toApp, round1(float64(app.StartedNS-o.At.UnixNano())/1e6))
+		n.DeletePod(ctx, ns, p.Name, true)
+	}
+	t.Logf("%d pods: path opened -> netready's ADD returned p50 %.1f ms p99 %.1f ms; -> app started p50 %.1f ms p99 %.1f ms",
+		count, percentile(toADD, 50), percentile(toADD, 99), percentile(toApp, 50), percentile(toApp, 99))
+	figures.Set("open_to_running_ms", map[string]any{
+		"p50": percentile(toApp, 50), "p99": percentile(toApp, 99),
+		"add_return_p50": percentile(toADD, 50), "add_return_p99": percentile(toADD, 99),
+		"pods": count, "app_start_ms": toApp, "add_return_ms": toADD,
+	})
+	// netready's own part: the ADD returns within a second of the opening (generous: typically
+	// tens of ms). What follows is the kubelet's and containerd's container start.
+	if p99 := percentile(toADD, 99); p99 > 1000 {
+		t.Errorf("netready's ADD returned %.0f ms (p99) after the path opened, want <= 1000 ms", p99)
+	}
+	if p99 := percentile(toApp, 99); p99 > 15000 {
+		t.Errorf("the app started %.0f ms (p99) after the path opened, want <= 15 s", p99)
+	}
+}
+
+// TestDeleteWhileWaiting: a pod is deleted while netready's ADD waits for a path that stays
+// blocked (timeout 30 s). Measures how soon the pod is gone from the API and whether (and when)
+// the waiting ADD process ends. On K3s v1.35 neither the kubelet nor containerd cancels a
+// RunPodSandbox in progress: the ADD runs to its timeout and the pod goes only then, so the
+// timeout bounds how long a deleted pod lingers (issue 10 asks for <= 5 s: not met, see README).
+func TestDeleteWhileWaiting(t *testing.T) {
+	n := need(t)
+	ctx := t.Context()
+	const ns = "e2e-delete"
+	if err := n.CreateNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	const timeout = 30 * time.Second
+	install(t, n, netreadyConf(n, timeout.String(), nil))
+	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fault.Unblock() })
+	p := PodSpec{Namespace: ns, Name: "deleted"}
+	if err := n.Apply(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	for deadline := time.Now().Add(time.Minute); pid == 0; {
+		if pids := netreadyProcs(n); len(pids) > 0 {
+			pid = pids[0]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("no netready ADD running within a minute: %s", n.describe(ctx, ns, p.Name))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second) // well into the wait
+	deleted := time.Now()
+	if err := n.DeletePod(ctx, ns, p.Name, false); err != nil {
+		t.Fatal(err)
+	}
+	var podGone, addGone time.Duration
+	for deadline := deleted.Add(150 * time.Second); podGone == 0 || addGone == 0; {
+		if podGone == 0 {
+			if _, err := n.API.GetPod(ctx, ns, p.Name); IsNotFound(err) {
+				podGone = time.Since(deleted)
+			}
+		}
+		if addGone == 0 && !alive(pid) {
+			addGone = time.Since(deleted)
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var outcome string
+	if lines := addLines(t, n, ns+"/"+p.Name); len(lines) > 0 {
+		outcome = lines[len(lines)-1].Outcome + ": " + lines[len(lines)-1].Msg
+	}
+	t.Logf("pod deleted while its ADD waited: gone from the API after %v; the ADD process ended %v after the delete (its log line: %q)",
+		podGone.Round(time.Millisecond), addGone.Round(time.Millisecond), outcome)
+	figures.Set("delete_while_waiting_s", round1(podGone.Seconds()))
+	figures.Set("delete_while_waiting_add_ended_s", round1(addGone.Seconds()))
+	if podGone == 0 {
+		t.Fatalf("the pod was still there 150 s after the delete")
+	}
+	// Bound: the ADD's remaining time plus the kubelet's teardown (generous on a busy machine).
+	if podGone > timeout+30*time.Second {
+		t.Errorf("the pod was gone %v after the delete, want <= netready's timeout (%v) + 30 s", podGone, timeout)
+	}
+	if podGone < 5*time.Second {
+		t.Logf("the pod went within 5 s: the runtime now cancels a waiting ADD (update README's figures)")
+	}
+}

@@ -1,0 +1,127 @@
+package k3s
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// These need neither root nor K3s.
+
+func TestChainFromInfo(t *testing.T) {
+	tests := []struct {
+		name, info string
+		want       []string
+		wantErr    string
+	}{
+		{"netready last", `{"cniconfig":{"Networks":[{"Config":{"Name":"cni-loopback","Plugins":[{"Network":{"type":"loopback"}}]}},
+			{"Config":{"Name":"cbr0","Plugins":[{"Network":{"type":"flannel"}},{"Network":{"type":"portmap"}},{"Network":{"type":"bandwidth"}},{"Network":{"type":"netready"}}]}}]}}`,
+			[]string{"flannel", "portmap", "bandwidth", "netready"}, ""},
+		{"default chain", `{"cniconfig":{"Networks":[{"Config":{"Name":"cni-loopback"}},{"Config":{"Name":"cbr0","Plugins":[{"Network":{"type":"flannel"}}]}}]}}`,
+			[]string{"flannel"}, ""},
+		{"not loaded", `{"cniconfig":{"Networks":[{"Config":{"Name":"cni-loopback"}}]}}`, nil, "no pod network loaded"},
+		{"not JSON", `level=error`, nil, "crictl info"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := chainFromInfo([]byte(tt.info))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(got, tt.want) {
+				t.Fatalf("got %v, %v; want %v", got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestVerify(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "cni"), 0o755)
+	os.WriteFile(filepath.Join(dir, "cni", "bridge"), []byte("bridge"), 0o755)
+	sum := sha256.Sum256([]byte("bridge"))
+	good := hex.EncodeToString(sum[:]) + "  cni/bridge\n"
+	tests := []struct {
+		name, sums, wantErr string
+	}{
+		{"match", good, ""},
+		{"mismatch", strings.Repeat("0", 64) + "  cni/bridge\n", "SHA256SUMS says"},
+		{"missing file", good + hex.EncodeToString(sum[:]) + "  runc\n", "no such file"},
+		{"malformed", "abc\n", "malformed line"},
+		{"empty", "\n", "lists no file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := verify(dir, []byte(tt.sums))
+			if (err == nil) != (tt.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("err %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestFindDistSkipsWithoutK3s(t *testing.T) {
+	t.Setenv(BinEnv, "")
+	t.Setenv(DirEnv, t.TempDir())
+	d, skip, err := FindDist(t.TempDir())
+	if d != nil || err != nil || !strings.Contains(skip, "no K3s") || !strings.Contains(skip, DirEnv) {
+		t.Fatalf("got %v, %q, %v; want a skip reason naming %s", d, skip, err, DirEnv)
+	}
+	t.Setenv(BinEnv, filepath.Join(t.TempDir(), "nope"))
+	if _, _, err := FindDist(t.TempDir()); err == nil || !strings.Contains(err.Error(), BinEnv) {
+		t.Fatalf("a K3S_BIN that does not exist: err %v, want one naming %s", err, BinEnv)
+	}
+}
+
+func TestContainerdTemplate(t *testing.T) {
+	got := containerdTemplate("/tmp/x/data")
+	for _, want := range []string{
+		`restrict_oom_score_adj = true`,
+		`bin_dirs = ["/tmp/x/data/data/cni"]`,
+		`conf_dir = "/tmp/x/data/agent/etc/cni/net.d"`,
+		`root = "/tmp/x/data/agent/containerd"`,
+		`sandbox = "{{ .NodeConfig.AgentConfig.PauseImage }}"`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("template lacks %q", want)
+		}
+	}
+	if strings.Contains(got, "/var/lib/rancher") {
+		t.Errorf("template names the default data dir:\n%s", got)
+	}
+}
+
+func TestManifest(t *testing.T) {
+	var pod struct {
+		Metadata struct {
+			Annotations map[string]string `json:"annotations"`
+		} `json:"metadata"`
+		Spec struct {
+			RestartPolicy  string `json:"restartPolicy"`
+			InitContainers []struct {
+				Args []string `json:"args"`
+			} `json:"initContainers"`
+			Containers []struct {
+				Image, ImagePullPolicy string
+				Args                   []string `json:"args"`
+			} `json:"containers"`
+		} `json:"spec"`
+	}
+	p := PodSpec{Namespace: "a", Name: "b", InitLoop: true, Sleep: true, Annotations: map[string]string{"netready.dev/timeout": "3s"}}
+	if err := json.Unmarshal([]byte(p.Manifest()), &pod); err != nil {
+		t.Fatal(err)
+	}
+	if pod.Spec.RestartPolicy != "Never" || len(pod.Spec.InitContainers) != 1 || pod.Spec.InitContainers[0].Args[0] != "-init" ||
+		len(pod.Spec.Containers) != 1 || pod.Spec.Containers[0].Image != AppImage.Name || pod.Spec.Containers[0].ImagePullPolicy != "Never" ||
+		!slices.Contains(pod.Spec.Containers[0].Args, "-sleep") || pod.Metadata.Annotations["netready.dev/timeout"] != "3s" {
+		t.Fatalf("manifest %s", p.Manifest())
+	}
+}
