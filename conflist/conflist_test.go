@@ -142,7 +142,7 @@ func TestConflistContents(t *testing.T) {
 		{
 			file: "10-flannel-netready.conflist", gateway: true, defaultRoute: true,
 			pods: []pod{
-				{ns: "default", name: "web", timeout: 30 * time.Second, onTimeout: config.Fail},
+				{ns: "default", name: "web", timeout: 60 * time.Second, onTimeout: config.Fail},
 				{ns: "kube-system", name: "coredns-1", skipped: true},
 			},
 		},
@@ -150,7 +150,7 @@ func TestConflistContents(t *testing.T) {
 			file: "10-flannel-netready-dualstack.conflist", gateway: true, defaultRoute: true,
 			explicit: []string{"gateway", "defaultRoute"},
 			pods: []pod{
-				{ns: "default", name: "web", timeout: 30 * time.Second, onTimeout: config.Fail},
+				{ns: "default", name: "web", timeout: 60 * time.Second, onTimeout: config.Fail},
 				{ns: "kube-system", name: "coredns-1", skipped: true},
 			},
 		},
@@ -158,10 +158,10 @@ func TestConflistContents(t *testing.T) {
 			file: "example-rules.conflist", gateway: true, defaultRoute: true,
 			explicit: []string{"rules", "annotations"},
 			pods: []pod{
-				{ns: "default", name: "web", probes: []string{"icmp://192.0.2.1"}, timeout: 30 * time.Second, onTimeout: config.Fail},
-				{ns: "analytics", name: "etl-0", rule: "rules[0]", probes: []string{"tcp://198.51.100.10:5432", "http://198.51.100.10/healthz"}, timeout: 60 * time.Second, onTimeout: config.Fail},
-				{ns: "batch", name: "job-x", rule: "rules[1]", timeout: 30 * time.Second, onTimeout: config.Allow},
-				{ns: "monitoring", name: "prometheus-0", rule: "rules[2]", probes: []string{"dns://198.51.100.10/example.com"}, timeout: 30 * time.Second, onTimeout: config.Fail},
+				{ns: "default", name: "web", probes: []string{"icmp://192.0.2.1"}, timeout: 60 * time.Second, onTimeout: config.Fail},
+				{ns: "analytics", name: "etl-0", rule: "rules[0]", probes: []string{"tcp://198.51.100.10:5432", "http://198.51.100.10/healthz"}, timeout: 120 * time.Second, onTimeout: config.Fail},
+				{ns: "batch", name: "job-x", rule: "rules[1]", timeout: 60 * time.Second, onTimeout: config.Allow},
+				{ns: "monitoring", name: "prometheus-0", rule: "rules[2]", probes: []string{"dns://198.51.100.10/example.com"}, timeout: 60 * time.Second, onTimeout: config.Fail},
 				{ns: "monitoring", name: "node-exporter-abcde", skipped: true},
 				{ns: "kube-system", name: "coredns-1", skipped: true},
 			},

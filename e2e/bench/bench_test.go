@@ -47,14 +47,17 @@ func TestQuick(t *testing.T) {
 		t.Fatalf("BENCH_JSON is not JSON: %v\n%s", err, data)
 	}
 	want := map[string][]string{
-		"overhead":      {"ratio", "netready_ms_p50", "pairs"},
-		"detect":        {"tcp", "icmp", "local"},
-		"initcontainer": {"p50_ms", "p99_ms", "trials"},
-		"appretry":      {"success_rate", "p50_ms"},
-		"fanout":        {"pods", "ratio", "failures", "peak_rss_kb"},
-		"idle":          {"cpu_ms_per_s"},
-		"rate":          {"packets_per_s"},
-		"seed":          {"pods", "without"},
+		"overhead":         {"ratio", "netready_ms_p50", "pairs"},
+		"detect":           {"tcp", "icmp", "local"},
+		"initcontainer":    {"p50_ms", "p99_ms", "trials"},
+		"appretry":         {"success_rate", "p50_ms"},
+		"fanout":           {"pods", "ratio", "failures", "peak_rss_kb"},
+		"idle":             {"cpu_ms_per_s"},
+		"rate":             {"packets_per_s"},
+		"seed":             {"pods", "without"},
+		"overhead_vs_noop": {"ratio", "p50_ms_with", "p50_ms_noop"},
+		"blocked_fanout":   {"pods", "seconds", "cpu_cores", "packets_per_s_per_target", "failures", "open_to_return_ms"},
+		"idle_one":         {"cpu_ms_per_s"},
 	}
 	keysOf := func(m map[string]any) []string {
 		var ks []string
@@ -117,6 +120,15 @@ func TestQuick(t *testing.T) {
 		{"idle.cpu_ms_per_s", 0, 1000},
 		{"rate.packets_per_s", 1, 10000}, // blocked probes do send packets
 		{"seed.pods", 20, 20},
+		{"overhead_vs_noop.ratio", 0.2, 20},
+		{"overhead_vs_noop.p50_ms_noop", 0.1, 5000},
+		{"blocked_fanout.pods", float64(o.blockedPods), float64(o.blockedPods)},
+		{"blocked_fanout.cpu_cores", 0.0001, 2},
+		{"blocked_fanout.packets_per_s_per_target", 1, 10000},
+		{"blocked_fanout.failures", 0, 0},
+		{"blocked_fanout.open_to_return_ms.remote.p99", 0, 5000},
+		{"blocked_fanout.open_to_return_ms.local.p99", 0, 5000},
+		{"idle_one.cpu_ms_per_s", 0.001, 1000},
 	} {
 		v, ok := lookup(got, c.path).(float64)
 		if !ok || math.IsNaN(v) || v < c.min || v > c.max {

@@ -11,6 +11,10 @@
 //	fanout         {pods, ratio, failures, peak_rss_kb}
 //	idle           {cpu_ms_per_s}
 //	rate           {packets_per_s}
+//	overhead_vs_noop {ratio, p50_ms_with, p50_ms_noop}
+//	blocked_fanout {pods, seconds, cpu_cores, packets_per_s_per_target, failures,
+//	                open_to_return_ms: {remote, local: {p50, p99}}}
+//	idle_one       {cpu_ms_per_s}
 //	seed           the containerd tier's seed figures, from $NETREADY_SEED_JSON when that file exists; else null
 //
 // Comparisons pair their runs (A B, B A, …: the order alternates so that neither side always
@@ -44,6 +48,7 @@ import (
 	"time"
 
 	"github.com/netready/netready/e2e/testbed"
+	"github.com/netready/netready/pkg/podcheck"
 )
 
 // options are the run's sizes. full() is `make bench`, quick() the smoke test.
@@ -55,9 +60,11 @@ type options struct {
 	fanoutPods    int // pods ADDed at once (K3s's default max pods per node: 110)
 	fanoutPairs   int
 	idleWait      time.Duration   // how long the idle ADD stays blocked
+	blockedPods   int             // blocked fanout: pods waiting at once (110)
+	blockedWait   time.Duration   // blocked fanout: how long they wait before the path opens (20s)
 	randSeed      uint64          // of the openings, so that two runs see the same ones
 	budget        time.Duration   // the whole run, builds included
-	only          map[string]bool // stages to run (overhead, detect, fanout, idle); nil: all
+	only          map[string]bool // stages to run (overhead, detect, fanout, idle, blocked); nil: all
 	netready      string          // a netready binary to measure instead of one built from this checkout
 
 	jsonPath string // BENCH_JSON
@@ -73,6 +80,8 @@ func full() options {
 		fanoutPods:    110,
 		fanoutPairs:   3,
 		idleWait:      10 * time.Second,
+		blockedPods:   110,
+		blockedWait:   20 * time.Second,
 		randSeed:      1,
 		budget:        10 * time.Minute,
 	}
@@ -86,6 +95,8 @@ func quick() options {
 	o.fanoutPods = 12
 	o.fanoutPairs = 1
 	o.idleWait = 2 * time.Second
+	o.blockedPods = 12
+	o.blockedWait = 4 * time.Second
 	o.budget = 3 * time.Minute
 	return o
 }
@@ -97,9 +108,11 @@ func main() {
 	pods := flag.Int("pods", 0, "fanout: pods ADDed at once (default 110, quick 12)")
 	fanoutPairs := flag.Int("fanout-pairs", 0, "fanout: paired rounds (default 3, quick 1)")
 	idle := flag.Duration("idle", 0, "idle: how long one ADD stays blocked (default 10s, quick 2s)")
+	blockedPods := flag.Int("blocked-pods", 0, "blocked: pods waiting at once (default 110, quick 12)")
+	blockedWait := flag.Duration("blocked-wait", 0, "blocked: how long they wait (default 20s, quick 4s)")
 	randSeed := flag.Uint64("rand", 0, "seed of the random openings (default 1)")
 	netreadyBin := flag.String("netready", "", "measure this netready binary (e.g. a candidate fix built elsewhere) instead of building ./plugin/netready")
-	only := flag.String("only", "", "run only these stages, comma-separated: overhead, detect, fanout, idle (the others' figures are null)")
+	only := flag.String("only", "", "run only these stages, comma-separated: overhead, detect, fanout, idle, blocked (the others' figures are null)")
 	flag.Parse()
 
 	o := full()
@@ -109,13 +122,16 @@ func main() {
 	for _, set := range []struct {
 		flag int
 		dst  *int
-	}{{*pairs, &o.overheadPairs}, {*trials, &o.detectTrials}, {*pods, &o.fanoutPods}, {*fanoutPairs, &o.fanoutPairs}} {
+	}{{*pairs, &o.overheadPairs}, {*trials, &o.detectTrials}, {*blockedPods, &o.blockedPods}, {*pods, &o.fanoutPods}, {*fanoutPairs, &o.fanoutPairs}} {
 		if set.flag > 0 {
 			*set.dst = set.flag
 		}
 	}
 	if *idle > 0 {
 		o.idleWait = *idle
+	}
+	if *blockedWait > 0 {
+		o.blockedWait = *blockedWait
 	}
 	if *randSeed > 0 {
 		o.randSeed = *randSeed
@@ -143,7 +159,7 @@ func run(ctx context.Context, o options, out io.Writer) (*Figures, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("must run as root: it creates network namespaces, veths, routes and nftables rules (sudo make bench)")
 	}
-	if o.fanoutPods > 250 {
+	if max(o.fanoutPods, o.blockedPods) > 250 {
 		return nil, fmt.Errorf("fanout: %d pods do not fit host-local's /24", o.fanoutPods)
 	}
 	ctx, cancel := context.WithTimeoutCause(ctx, o.budget, fmt.Errorf("the benchmark's budget of %v ran out", o.budget))
@@ -162,6 +178,12 @@ func run(ctx context.Context, o options, out io.Writer) (*Figures, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(bin)
+	// netready's coordination files go with the bench's other files, not into /run/netready.
+	runDir := filepath.Join(bin, "run")
+	if err := os.Mkdir(runDir, 0o700); err != nil {
+		return nil, err
+	}
+	os.Setenv(podcheck.RunDirEnv, runDir)
 	if err := buildPlugins(bin, o.netready); err != nil {
 		return nil, err
 	}
@@ -191,6 +213,7 @@ func run(ctx context.Context, o options, out io.Writer) (*Figures, error) {
 		{"detect", func() error { return m.detect(f, res) }},
 		{"fanout", func() error { return m.fanout(f, res) }},
 		{"idle", func() error { return m.idleAndRate(f, res) }},
+		{"blocked", func() error { return m.blocked(f, res) }},
 	} {
 		if o.only != nil && !o.only[stage.name] {
 			continue
@@ -248,11 +271,13 @@ func buildPlugins(bin, netready string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("go", "build", "-o", filepath.Join(bin, rusageType), "./e2e/bench/rusage")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("building the rusage wrapper: %w\n%s", err, out)
+	for typ, pkg := range map[string]string{rusageType: "./e2e/bench/rusage", noopType: "./e2e/bench/noop"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, typ), pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("building %s: %w\n%s", pkg, err, out)
+		}
 	}
 	return nil
 }

@@ -50,15 +50,17 @@ type measurer struct {
 	logFile    string // netready's log (total_ms of each run)
 	rusageFile string // the wrapper's records (peak RSS, CPU time)
 
-	plain      *libcni.NetworkConfigList // K3s's chain
-	tcp, icmp  *libcni.NetworkConfigList // + netready, one probe to the db
-	idleTCP    *libcni.NetworkConfigList // + netready through the rusage wrapper, long timeout
-	idleICMP   *libcni.NetworkConfigList
-	fanoutRSS  *libcni.NetworkConfigList // tcp through the rusage wrapper
-	router     *testbed.Fault            // nft drop in the router: a remote cause
-	node       *testbed.Fault            // blackhole route on the node: a node-local cause
-	openings   []time.Duration           // when the path opens after ADD starts, one per trial
-	nftCounter nftCounters
+	plain       *libcni.NetworkConfigList // K3s's chain
+	tcp, icmp   *libcni.NetworkConfigList // + netready, one probe to the db
+	idleTCP     *libcni.NetworkConfigList // + netready through the rusage wrapper, long timeout
+	idleICMP    *libcni.NetworkConfigList
+	fanoutRSS   *libcni.NetworkConfigList // tcp through the rusage wrapper
+	noop        *libcni.NetworkConfigList // the no-op chained plugin in netready's place
+	blockedList *libcni.NetworkConfigList // tcp, a timeout past the blocked fanout's wait
+	router      *testbed.Fault            // nft drop in the router: a remote cause
+	node        *testbed.Fault            // blackhole route on the node: a node-local cause
+	openings    []time.Duration           // when the path opens after ADD starts, one per trial
+	nftCounter  nftCounters
 }
 
 func newMeasurer(ctx context.Context, b *testbed.Bed, o options, out io.Writer) (*measurer, error) {
@@ -81,6 +83,8 @@ func newMeasurer(ctx context.Context, b *testbed.Bed, o options, out io.Writer) 
 		{&m.idleTCP, m.netready(rusageType, tcpProbe, idleTimeout)},
 		{&m.idleICMP, m.netready(rusageType, icmpProbe, idleTimeout)},
 		{&m.fanoutRSS, m.netready(rusageType, tcpProbe, detectTimeout)},
+		{&m.noop, fmt.Sprintf(`{"type":%q}`, noopType)},
+		{&m.blockedList, m.netready("netready", tcpProbe, "110s")},
 	} {
 		raw := testbed.K3sConflist("1.0.0")
 		if l.conf != "" {
@@ -162,30 +166,29 @@ func (m *measurer) timedAdd(list *libcni.NetworkConfigList) (added, error) {
 // order alternates; ratio is the median of the pairs' ratios. netready's own time is the
 // total_ms of its log records for those ADDs: from its main() to its log line.
 func (m *measurer) overhead(f *Figures, x *Extra) error {
-	for _, l := range []*libcni.NetworkConfigList{m.plain, m.tcp} { // the first ADD creates cni0
+	lists := []*libcni.NetworkConfigList{m.plain, m.tcp, m.noop}
+	for _, l := range lists { // the first ADD creates cni0
 		if _, err := m.timedAdd(l); err != nil {
 			return err
 		}
 	}
-	var with, without, cpuWith, cpuWithout, ratios []float64
+	var with, without, noop, cpuWith, cpuWithout, cpuNoop, ratios, noopRatios []float64
 	var ids []string
+	// Each run ADDs without, with and with the no-op plugin, in an order that rotates (and
+	// reverses every other run), so that no arm always runs first or after the same one.
+	orders := [][]int{{0, 1, 2}, {2, 1, 0}, {1, 2, 0}, {0, 2, 1}, {2, 0, 1}, {1, 0, 2}}
 	for i := range m.o.overheadPairs {
-		var pair [2]added // without, with
-		order := []int{0, 1}
-		if i%2 == 1 {
-			order = []int{1, 0}
-		}
-		for _, k := range order {
-			list := m.plain
-			if k == 1 {
-				list = m.tcp
-			}
-			a, err := m.timedAdd(list)
+		var pair [3]added // without, with, noop
+		for _, k := range orders[i%len(orders)] {
+			a, err := m.timedAdd(lists[k])
 			if err != nil {
 				return err
 			}
 			pair[k] = a
 		}
+		noop = append(noop, ms(pair[2].wall))
+		cpuNoop = append(cpuNoop, ms(pair[2].cpu))
+		noopRatios = append(noopRatios, float64(pair[1].wall)/float64(pair[2].wall))
 		ids = append(ids, pair[1].id)
 		without = append(without, ms(pair[0].wall))
 		with = append(with, ms(pair[1].wall))
@@ -213,6 +216,8 @@ func (m *measurer) overhead(f *Figures, x *Extra) error {
 	x.AddWithout, x.AddWith = summarize(without), summarize(with)
 	x.AddCPUWithout, x.AddCPUWith = summarize(cpuWithout), summarize(cpuWith)
 	x.NetreadyOwn = summarize(own)
+	x.AddNoop, x.AddNoopCPU = summarize(noop), summarize(cpuNoop)
+	f.OverheadVsNoop = OverheadVsNoop{Ratio: num(median(noopRatios)), P50MSWith: num(median(with)), P50MSNoop: num(median(noop))}
 	return nil
 }
 

@@ -26,6 +26,40 @@ type Figures struct {
 	Idle          Idle            `json:"idle"`
 	Rate          Rate            `json:"rate"`
 	Seed          json.RawMessage `json:"seed"` // null when there are none
+
+	OverheadVsNoop OverheadVsNoop `json:"overhead_vs_noop"`
+	BlockedFanout  BlockedFanout  `json:"blocked_fanout"`
+	IdleOne        IdleOne        `json:"idle_one"`
+}
+
+// OverheadVsNoop is ADD with netready against ADD with a chained plugin that only prints
+// prevResult (e2e/bench/noop), in the same run as overhead.
+type OverheadVsNoop struct {
+	Ratio     num `json:"ratio"` // median over the runs of ADD(with)/ADD(noop)
+	P50MSWith num `json:"p50_ms_with"`
+	P50MSNoop num `json:"p50_ms_noop"`
+}
+
+// BlockedFanout is many pods waiting at once on a closed path, then its opening.
+type BlockedFanout struct {
+	Pods                 int `json:"pods"`
+	Seconds              num `json:"seconds"`   // how long they waited
+	CPUCores             num `json:"cpu_cores"` // all netready processes, remote round's window
+	PacketsPerSPerTarget num `json:"packets_per_s_per_target"`
+	Failures             int `json:"failures"`
+	OpenToReturn         struct {
+		Remote P50P99 `json:"remote"`
+		Local  P50P99 `json:"local"`
+	} `json:"open_to_return_ms"`
+}
+
+type P50P99 struct {
+	P50 num `json:"p50"`
+	P99 num `json:"p99"`
+}
+
+type IdleOne struct {
+	CPUMSPerS num `json:"cpu_ms_per_s"`
 }
 
 type Overhead struct {
@@ -80,6 +114,11 @@ func emptyFigures() *Figures {
 	}
 	f.Detect.TCP = Detect{P50: nan, P99: nan, Max: nan}
 	f.Detect.ICMP, f.Detect.Local = f.Detect.TCP, f.Detect.TCP
+	f.OverheadVsNoop = OverheadVsNoop{Ratio: nan, P50MSWith: nan, P50MSNoop: nan}
+	f.BlockedFanout = BlockedFanout{Seconds: nan, CPUCores: nan, PacketsPerSPerTarget: nan}
+	f.BlockedFanout.OpenToReturn.Remote = P50P99{nan, nan}
+	f.BlockedFanout.OpenToReturn.Local = P50P99{nan, nan}
+	f.IdleOne = IdleOne{CPUMSPerS: nan}
 	return f
 }
 
@@ -119,6 +158,13 @@ type Extra struct {
 	IdleTCPRec, IdleICMPRec rusageRecord
 	RateTCP, RateICMP       float64
 	RateWindow              time.Duration
+
+	AddNoop, AddNoopCPU               summary // ADD with the no-op plugin in netready's place
+	BlockedLocalCPU                   float64 // cores, node-local round
+	BlockedWindow                     time.Duration
+	BlockedRemoteMax, BlockedLocalMax num
+	IdleOnePackets                    float64
+	BlockedFirstErr                   string
 }
 
 // summary is a sample's distribution, in ms; NaN where the sample is empty.
@@ -191,6 +237,9 @@ func printTable(out io.Writer, f *Figures, x *Extra) {
 			float64(f.Overhead.Ratio), f1(x.AddWithout.P50), f1(x.AddWith.P50), f.Overhead.Pairs), g, v)
 		row("  netready's own time", fmt.Sprintf("p50 %s ms, p90 %s ms (total_ms in its log)", f1(x.NetreadyOwn.P50), f1(x.NetreadyOwn.P90)), "", "")
 		row("  CPU of the chain per ADD", fmt.Sprintf("p50 %s → %s ms", f1(x.AddCPUWithout.P50), f1(x.AddCPUWith.P50)), "", "")
+		g, v = goal(f.OverheadVsNoop.Ratio <= 1.05, "≤ 1.05")
+		row("overhead vs no-op plugin", fmt.Sprintf("%.3f  (p50 %s → %s ms; the no-op's CPU p50 %s ms)",
+			float64(f.OverheadVsNoop.Ratio), f1(f.OverheadVsNoop.P50MSNoop), f1(f.OverheadVsNoop.P50MSWith), f1(x.AddNoopCPU.P50)), g, v)
 	}
 
 	if ran("detect") {
@@ -245,6 +294,24 @@ func printTable(out io.Writer, f *Figures, x *Extra) {
 		g, v = goal(f.Rate.PacketsPerS <= 30, "≤ 30 /s")
 		row("rate: blocked, steady", fmt.Sprintf("%.1f packets/s per target (tcp %.1f, icmp %.1f, over %v)",
 			float64(f.Rate.PacketsPerS), x.RateTCP, x.RateICMP, x.RateWindow.Round(time.Millisecond)), g, v)
+	}
+	if ran("blocked") {
+		b := f.BlockedFanout
+		row(fmt.Sprintf("blocked fanout: %d pods, %gs", b.Pods, float64(b.Seconds)), "", "", "")
+		g, v := goal(b.CPUCores <= 0.10, "≤ 0.10")
+		row("  CPU of all netready, cores", fmt.Sprintf("%.3f remote, %.3f node-local (window %v)", float64(b.CPUCores), x.BlockedLocalCPU, x.BlockedWindow.Round(time.Millisecond)), g, v)
+		g, v = goal(b.PacketsPerSPerTarget <= 40, "≤ 40 /s")
+		row("  probe packets per target", fmt.Sprintf("%.1f /s", float64(b.PacketsPerSPerTarget)), g, v)
+		r, l := b.OpenToReturn.Remote, b.OpenToReturn.Local
+		g, v = goal(r.P99 <= 60 && b.Failures == 0, "p99 ≤ 60, 0 failures")
+		row("  opening → every ADD returned, remote", fmt.Sprintf("p50 %s  p99 %s  max %s ms, %d failures", f1(r.P50), f1(r.P99), f1(x.BlockedRemoteMax), b.Failures), g, v)
+		g, v = goal(l.P99 <= 10 && b.Failures == 0, "p99 ≤ 10, 0 failures")
+		row("  opening → every ADD returned, node-local", fmt.Sprintf("p50 %s  p99 %s  max %s ms", f1(l.P50), f1(l.P99), f1(x.BlockedLocalMax)), g, v)
+		if x.BlockedFirstErr != "" {
+			row("  first error", x.BlockedFirstErr, "", "")
+		}
+		g, v = goal(f.IdleOne.CPUMSPerS <= 5, "≤ 5 ms/s")
+		row(fmt.Sprintf("idle one: one pod blocked %v", o.idleWait), fmt.Sprintf("%.2f ms CPU/s, %.1f packets/s", float64(f.IdleOne.CPUMSPerS), x.IdleOnePackets), g, v)
 	}
 	row("seed (containerd tier)", seedSummary(f.Seed), "", "")
 	w.Flush()

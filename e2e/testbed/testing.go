@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
+
+	"github.com/netready/netready/pkg/podcheck"
 )
 
 // sharedBinDir is the process-wide plugin dir made by Main; empty without Main.
@@ -31,6 +34,14 @@ func Main(m *testing.M) int {
 	}
 	sharedBinDir = dir
 	defer os.RemoveAll(dir)
+	// netready's coordination files (pkg/coord) go with the run's, not into the host's
+	// /run/netready; a test may set another dir of its own.
+	runDir := filepath.Join(dir, "run")
+	if err := os.Mkdir(runDir, 0o700); err != nil {
+		fmt.Fprintln(os.Stderr, "testbed.Main:", err)
+		return 1
+	}
+	os.Setenv(podcheck.RunDirEnv, runDir)
 	return m.Run()
 }
 

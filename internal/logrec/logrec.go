@@ -53,8 +53,11 @@ type Record struct {
 	Annotations string      `json:"annotations,omitempty"`
 	Probes      []Probe     `json:"probes,omitempty"`
 	Conditions  []Condition `json:"conditions,omitempty"`
-	Code        uint        `json:"code,omitempty"` // the CNI error code, when the verb failed with one
-	Error       string      `json:"error,omitempty"`
+	// Notes say how the gate ran when the operator should know: why a probe
+	// was probed alone instead of shared with the node's other ADDs.
+	Notes []string `json:"notes,omitempty"`
+	Code  uint     `json:"code,omitempty"` // the CNI error code, when the verb failed with one
+	Error string   `json:"error,omitempty"`
 }
 
 // Probe is one probe of the pod's spec and where it came from: config,

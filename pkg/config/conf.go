@@ -73,7 +73,7 @@ type AnnotationPolicy struct {
 
 var (
 	defaultSpec = Spec{
-		Timeout:        30 * time.Second,
+		Timeout:        DefaultTimeout,
 		OnTimeout:      Fail,
 		Gateway:        true,
 		DefaultRoute:   true,
@@ -81,7 +81,7 @@ var (
 		MaxInterval:    40 * time.Millisecond,
 		AttemptTimeout: time.Second,
 	}
-	defaultAnnotations = AnnotationPolicy{Allow: true, MaxTimeout: 60 * time.Second, MaxProbes: 8}
+	defaultAnnotations = AnnotationPolicy{Allow: true, MaxTimeout: 2 * DefaultTimeout, MaxProbes: 8}
 )
 
 // minInterval keeps a typo such as "10us" from flooding a target that is down.

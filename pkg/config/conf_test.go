@@ -55,7 +55,7 @@ func from(p Probe, origin string) Probe {
 func TestParseDefaults(t *testing.T) {
 	c := mustParse(t, `{"type": "netready"}`)
 	want := Spec{
-		Timeout:        30 * time.Second,
+		Timeout:        60 * time.Second, // e2e/k3s measured why: see DefaultTimeout
 		OnTimeout:      Fail,
 		Gateway:        true,
 		DefaultRoute:   true,
@@ -66,7 +66,7 @@ func TestParseDefaults(t *testing.T) {
 	if !reflect.DeepEqual(c.Base, want) {
 		t.Errorf("Base = %+v, want %+v", c.Base, want)
 	}
-	if wantA := (AnnotationPolicy{Allow: true, MaxTimeout: 60 * time.Second, MaxProbes: 8}); c.Annotations != wantA {
+	if wantA := (AnnotationPolicy{Allow: true, MaxTimeout: 120 * time.Second, MaxProbes: 8}); c.Annotations != wantA {
 		t.Errorf("Annotations = %+v, want %+v", c.Annotations, wantA)
 	}
 	if c.LogFile != "" || c.Rules != nil || c.Skip.Namespaces != nil || c.Skip.Pods != nil {
@@ -128,7 +128,7 @@ func TestParse(t *testing.T) {
 				t.Errorf("OnTimeout = %q", c.Base.OnTimeout)
 			}
 		}},
-		{"timeout at the maximum", `{"timeout": "110s"}`, func(t *testing.T, c *Conf) {
+		{"timeout at the maximum", `{"timeout": "200s"}`, func(t *testing.T, c *Conf) {
 			if c.Base.Timeout != MaxTimeout {
 				t.Errorf("Timeout = %s", c.Base.Timeout)
 			}
@@ -221,7 +221,7 @@ func TestParseErrors(t *testing.T) {
 		{"timeout number", `{"timeout": 30}`, 7, []string{`"timeout": want a positive Go duration`, "got the number 30"}},
 		{"timeout zero", `{"timeout": "0s"}`, 7, []string{`"timeout": want a positive`}},
 		{"timeout negative", `{"timeout": "-1s"}`, 7, []string{`"timeout": want a positive`}},
-		{"timeout above max", `{"timeout": "111s"}`, 7, []string{`"timeout": 1m51s is more than the maximum 1m50s`}},
+		{"timeout above max", `{"timeout": "201s"}`, 7, []string{`"timeout": 3m21s is more than the maximum 3m20s`}},
 		{"onTimeout", `{"onTimeout": "retry"}`, 7, []string{`"onTimeout": want "fail"`, `"allow"`, `got "retry"`}},
 		{"onTimeout case", `{"onTimeout": "Fail"}`, 7, []string{`"onTimeout"`}},
 		{"onTimeout bool", `{"onTimeout": true}`, 7, []string{`"onTimeout": want "fail" or "allow", got the boolean true`}},
@@ -253,7 +253,7 @@ func TestParseErrors(t *testing.T) {
 		{"rule typo", `{"rules": [{"namespaces": ["a"], "probe": []}]}`, 7, []string{`"rules[0].probe": unknown field; did you mean "probes"?`}},
 		{"rule interval", `{"rules": [{"namespaces": ["a"], "interval": "5ms"}]}`, 7, []string{`"rules[0].interval": unknown field`}},
 		{"rule bad probe", `{"rules": [{"namespaces": ["a"]}, {"pods": ["a/b"], "probes": ["icmp://10.0.0.1", "icmp://x"]}]}`, 7, []string{`"rules[1].probes[1]": probe "icmp://x"`}},
-		{"rule timeout above max", `{"rules": [{"namespaces": ["a"], "timeout": "2m"}]}`, 7, []string{`"rules[0].timeout": 2m0s is more than the maximum`}},
+		{"rule timeout above max", `{"rules": [{"namespaces": ["a"], "timeout": "4m"}]}`, 7, []string{`"rules[0].timeout": 4m0s is more than the maximum`}},
 		{"rule onTimeout", `{"rules": [{"namespaces": ["a"], "onTimeout": "never"}]}`, 7, []string{`"rules[0].onTimeout": want "fail"`}},
 		{"rule gateway", `{"rules": [{"namespaces": ["a"], "gateway": "no"}]}`, 7, []string{`"rules[0].gateway": want true or false`}},
 		{"rule bad namespace", `{"rules": [{"namespaces": ["A"]}]}`, 7, []string{`"rules[0].namespaces[0]": want a namespace name`}},
@@ -261,7 +261,7 @@ func TestParseErrors(t *testing.T) {
 		{"annotations list", `{"annotations": []}`, 7, []string{`"annotations": want an object, got a list`}},
 		{"annotations typo", `{"annotations": {"allowskip": true}}`, 7, []string{`"annotations.allowskip": unknown field; did you mean "allowSkip"?`}},
 		{"annotations allow", `{"annotations": {"allow": "yes"}}`, 7, []string{`"annotations.allow": want true or false`}},
-		{"annotations maxTimeout", `{"annotations": {"maxTimeout": "2m"}}`, 7, []string{`"annotations.maxTimeout": 2m0s is more than the maximum`}},
+		{"annotations maxTimeout", `{"annotations": {"maxTimeout": "4m"}}`, 7, []string{`"annotations.maxTimeout": 4m0s is more than the maximum`}},
 		{"annotations maxProbes negative", `{"annotations": {"maxProbes": -1}}`, 7, []string{`"annotations.maxProbes": want 0 or more, got -1`}},
 		{"annotations maxProbes fraction", `{"annotations": {"maxProbes": 1.5}}`, 7, []string{`"annotations.maxProbes": want a whole number, got the number 1.5`}},
 		{"annotations maxProbes string", `{"annotations": {"maxProbes": "8"}}`, 7, []string{`"annotations.maxProbes": want a whole number, got the string "8"`}},

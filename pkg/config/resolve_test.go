@@ -20,7 +20,7 @@ const policyConf = `{
     {"pods": ["db/postgres-*"], "onTimeout": "allow", "gateway": false, "defaultRoute": false},
     {"namespaces": ["analytics", "db"], "probes": []}
   ],
-  "annotations": {"allowSkip": true, "maxProbes": 3}
+  "annotations": {"allowSkip": true, "maxProbes": 3, "maxTimeout": "60s"}
 }`
 
 func TestResolve(t *testing.T) {

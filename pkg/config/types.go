@@ -56,10 +56,23 @@ const (
 	Allow OnTimeout = "allow" // pass prevResult through, log a warning
 )
 
-// MaxTimeout is the largest accepted timeout: it must stay under the runtime's
-// budget for the whole sandbox (CRI-O gives CNI 60 s, containerd about 4 min;
-// the kubelet retries after a failed sandbox either way).
-const MaxTimeout = 110 * time.Second
+// The whole ADD's budget, as measured on a real K3s v1.35 node (e2e/k3s,
+// TestSandboxBudget and TestBlocked):
+//   - containerd kills a CNI ADD 239.4 s after it started (the kubelet's
+//     RunPodSandbox deadline, twice --runtime-request-timeout), and the pod's
+//     event then says only "context deadline exceeded": MaxTimeout leaves
+//     40 s of that to the plugins before netready and to sandbox creation;
+//   - after a failed ADD the kubelet retries the sandbox 11.9-18.8 s later
+//     (more after repeated failures), so an outage that outlasts the timeout
+//     costs the pod that gap: DefaultTimeout outlasts outages of up to a
+//     minute, while a pod deleted during its ADD (which neither the kubelet
+//     nor containerd stops) lingers at most that long.
+//
+// CRI-O bounds a CNI call at 60 s: there, keep timeout at 50 s or less.
+const (
+	DefaultTimeout = 60 * time.Second
+	MaxTimeout     = 200 * time.Second
+)
 
 // Spec is what the gate enforces for one pod: the configuration after
 // resolution (config -> first matching rule -> annotations).

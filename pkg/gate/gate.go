@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"time"
 )
@@ -61,6 +62,37 @@ type Options struct {
 	// NodeChanged wakes the gate when a route, neighbour, link or nftables
 	// ruleset changed in the node netns: every pending probe is tried at once.
 	NodeChanged <-chan struct{}
+
+	// Peers shares the probing of a target with the other ADDs on the node
+	// that wait on it: Peers[i] for conds[i], nil (or a short slice) for a
+	// condition probed alone at the full schedule. A shared probe that does
+	// not lead tries to take the lead every SlowInterval and, when its Peer
+	// grants a slot, sends one attempt of its own then; it also tries at
+	// once on PeerAnswered, PodChanged and NodeChanged.
+	Peers []Peer
+	// PeerAnswered wakes the gate when the leader of a shared target saw it
+	// answer: every shared probe that does not lead tries at once, from its
+	// own netns (a pod never takes another pod's answer for its own).
+	PeerAnswered <-chan struct{}
+	// SlowInterval is how often a shared probe that does not lead tries to
+	// take the lead or a slot (1s): the bound on a takeover after the leader
+	// left without an answer (timeout, killed).
+	SlowInterval time.Duration
+}
+
+// Peer is one ADD's seat at a target that several ADDs on the node wait on.
+// Its methods never block for long and never fail: a Peer that cannot
+// coordinate grants the lead, which is the unshared schedule.
+type Peer interface {
+	// Lead reports whether this ADD leads the probing of the target now,
+	// taking the lead when nobody holds it.
+	Lead() bool
+	// Slot reports whether a follower may send a slow attempt now: the
+	// followers of a target share a budget of attempts per second.
+	Slot() bool
+	// Answered tells the followers that the target answered this ADD, and
+	// gives up the lead: this ADD probes it no more.
+	Answered()
 }
 
 func (o *Options) setDefaults() {
@@ -76,7 +108,15 @@ func (o *Options) setDefaults() {
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = 8
 	}
+	if o.SlowInterval <= 0 {
+		o.SlowInterval = time.Second
+	}
 }
+
+// followerAttemptTimeout is under the kernel's initial TCP retransmission
+// timeout (1 s, RFC 6298), with room for a few hundred milliseconds of
+// round trip.
+const followerAttemptTimeout = 900 * time.Millisecond
 
 // eventBurst and the refill of one token per MaxInterval bound the extra
 // attempts that netlink events may trigger: a busy node (pods coming and
@@ -123,6 +163,9 @@ type Report struct {
 	// was given none) or a check failed with a Permanent error. It is nil
 	// when all conditions held and when the context's deadline passed.
 	Err error
+	// Notes are what the operator should know about how the gate ran, such
+	// as why a probe was not shared with the other ADDs on the node.
+	Notes []string
 }
 
 // Ready reports whether every condition held when the gate returned.
@@ -184,6 +227,8 @@ type probeState struct {
 	inflight []*attempt // oldest first
 	tokens   float64
 	refilled time.Time
+	peer     Peer // nil: probed alone
+	leads    bool // peer granted the lead: the full schedule
 }
 
 type run struct {
@@ -214,6 +259,9 @@ func Run(ctx context.Context, conds []Condition, opt Options) *Report {
 	for i, c := range conds {
 		r.status[i] = Status{Name: c.Name, Kind: c.Kind}
 		r.probes[i] = probeState{interval: opt.Interval, next: r.start, tokens: eventBurst, refilled: r.start}
+		if i < len(opt.Peers) && c.Kind == Active {
+			r.probes[i].peer = opt.Peers[i]
+		}
 	}
 	err := r.loop()
 	r.stopAll()
@@ -248,6 +296,8 @@ func (r *run) loop() error {
 			r.launchOnEvent(time.Now())
 		case <-r.opt.NodeChanged:
 			r.launchOnEvent(time.Now())
+		case <-r.opt.PeerAnswered:
+			r.launchFollowers(time.Now())
 		case res := <-r.results:
 			if err := r.finish(res); err != nil {
 				return err
@@ -303,6 +353,25 @@ func (r *run) launchDue(now time.Time) {
 		if !r.pending(i) || now.Before(p.next) {
 			continue
 		}
+		if p.peer != nil && !p.leads {
+			if !p.peer.Lead() {
+				// A follower: one attempt now and then, when the
+				// followers' shared budget has room for it. Refused, it
+				// asks again sooner, at a random time: followers that
+				// started together would otherwise all ask within the
+				// same slot, every second, and one would get it.
+				p.next = now.Add(r.opt.SlowInterval)
+				if p.peer.Slot() {
+					r.launch(i)
+				} else {
+					p.next = now.Add(r.opt.SlowInterval/4 + rand.N(r.opt.SlowInterval*3/4))
+				}
+				continue
+			}
+			// The lead is ours (the leader left, or there was none):
+			// the full schedule from its start.
+			p.leads, p.interval = true, r.opt.Interval
+		}
 		r.launch(i)
 		p.next = now.Add(p.interval)
 		p.interval = min(2*p.interval, r.opt.MaxInterval)
@@ -312,20 +381,50 @@ func (r *run) launchDue(now time.Time) {
 // launchOnEvent starts an extra attempt of every pending probe, as far as
 // each one's token bucket allows, and restarts its schedule from now so the
 // extra attempt replaces the next scheduled one instead of adding to it.
+//
+// A follower tries only when the followers' shared budget has a slot: a
+// node event reaches every ADD on the node at once (pods coming and going
+// make them by the dozen), and a pod's own attempts make neighbour events in
+// its netns, which would otherwise fire the next attempt. Its leader tries
+// at once, and if that finds the target answering, wakes every follower
+// through PeerAnswered.
 func (r *run) launchOnEvent(now time.Time) {
 	for i := range r.conds {
 		if !r.pending(i) {
 			continue
 		}
-		p := &r.probes[i]
-		p.tokens = min(eventBurst, p.tokens+float64(now.Sub(p.refilled))/float64(r.opt.MaxInterval))
-		p.refilled = now
-		if p.tokens < 1 {
+		if p := &r.probes[i]; p.peer != nil && !p.leads && !p.peer.Slot() {
 			continue
 		}
-		p.tokens--
-		r.launch(i)
+		r.launchOne(i, now)
+	}
+}
+
+// launchOne starts an extra attempt of probe i if its token bucket allows.
+// A leader's (or lone probe's) schedule restarts from now, so the extra
+// attempt replaces the next scheduled one; a follower keeps its slow tick.
+func (r *run) launchOne(i int, now time.Time) {
+	p := &r.probes[i]
+	p.tokens = min(eventBurst, p.tokens+float64(now.Sub(p.refilled))/float64(r.opt.MaxInterval))
+	p.refilled = now
+	if p.tokens < 1 {
+		return
+	}
+	p.tokens--
+	r.launch(i)
+	if p.peer == nil || p.leads {
 		p.next = now.Add(p.interval)
+	}
+}
+
+// launchFollowers starts an attempt of every shared probe that does not
+// lead: its leader saw the target answer, so this pod's path may be open too.
+// It is token-bucketed like a netlink event.
+func (r *run) launchFollowers(now time.Time) {
+	for i := range r.conds {
+		if p := &r.probes[i]; r.pending(i) && p.peer != nil && !p.leads {
+			r.launchOne(i, now)
+		}
 	}
 }
 
@@ -335,7 +434,14 @@ func (r *run) launch(i int) {
 		r.drop(p.inflight[0])
 		p.inflight = p.inflight[1:]
 	}
-	ctx, cancel := context.WithTimeout(r.ctx, r.opt.AttemptTimeout)
+	timeout := r.opt.AttemptTimeout
+	if p.peer != nil && !p.leads {
+		// A follower's attempt is not closed by newer ones (it has
+		// none): closed before the kernel's first SYN retransmission, it
+		// stays one packet, which is what the followers' budget counts.
+		timeout = min(timeout, followerAttemptTimeout)
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, timeout)
 	a := &attempt{cond: i, cancel: cancel}
 	p.inflight = append(p.inflight, a)
 	r.status[i].Attempts++
@@ -375,6 +481,9 @@ func (r *run) finish(res result) error {
 			r.drop(b)
 		}
 		p.inflight = nil
+		if p.peer != nil {
+			p.peer.Answered()
+		}
 	case errors.As(res.err, &perm):
 		st.LastErr = res.err
 		return res.err

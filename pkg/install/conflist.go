@@ -14,6 +14,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 
@@ -50,7 +52,7 @@ var ErrPrimaryHasNetready = errors.New("the primary conflist already holds a plu
 // Settings are the installer's flags that shape netready's plugin object.
 type Settings struct {
 	Probes         []string // probe URLs, in order
-	Timeout        string   // a Go duration, as given ("30s")
+	Timeout        string   // a Go duration, as given ("30s"); "" is config.DefaultTimeout
 	OnTimeout      string   // "fail" or "allow"
 	SkipNamespaces []string // pods of these namespaces pass ungated
 	LogFile        string   // absolute path; "" logs to stderr
@@ -84,7 +86,9 @@ func PluginObject(s Settings) ([]byte, error) {
 		LogFile:      s.LogFile,
 	}
 	if o.Timeout == "" {
-		o.Timeout = "30s"
+		// Written out, so an operator reading the chain sees the budget;
+		// in seconds, as a person writes it ("60s", not "1m0s").
+		o.Timeout = strconv.Itoa(int(config.DefaultTimeout/time.Second)) + "s"
 	}
 	if o.OnTimeout == "" {
 		o.OnTimeout = "fail"

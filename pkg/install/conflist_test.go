@@ -96,7 +96,7 @@ func TestPluginObject(t *testing.T) {
 		wantErr string
 	}{
 		{name: "defaults", s: Settings{},
-			want: `{"type":"netready","capabilities":{"io.kubernetes.cri.pod-annotations":true},"timeout":"30s","onTimeout":"fail","probes":[]}`},
+			want: `{"type":"netready","capabilities":{"io.kubernetes.cri.pod-annotations":true},"timeout":"60s","onTimeout":"fail","probes":[]}`},
 		{name: "every setting", s: Settings{Probes: []string{"tcp://10.0.0.5:5432", "icmp://10.0.0.1"}, Timeout: "45s", OnTimeout: "allow", SkipNamespaces: []string{"kube-system", "monitoring"}, LogFile: "/var/log/netready/netready.log"},
 			want: `{"type":"netready","capabilities":{"io.kubernetes.cri.pod-annotations":true},"timeout":"45s","onTimeout":"allow","probes":["tcp://10.0.0.5:5432","icmp://10.0.0.1"],"skip":{"namespaces":["kube-system","monitoring"]},"logFile":"/var/log/netready/netready.log"}`},
 		{name: "a probe by name", s: Settings{Probes: []string{"tcp://db.example:5432"}}, wantErr: "probes[0]"},

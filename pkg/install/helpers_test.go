@@ -78,7 +78,7 @@ func (n *fakeNode) exists(p string) bool {
 // opts are install's options with the CLI's defaults, under this root.
 func (n *fakeNode) opts() Options {
 	return Options{Root: n.root, Binary: n.bin, Mode: ModeOwned, Settings: Settings{
-		Timeout: "30s", OnTimeout: "fail", SkipNamespaces: []string{"kube-system"}, LogFile: DefaultLogFile,
+		Timeout: "", OnTimeout: "fail", SkipNamespaces: []string{"kube-system"}, LogFile: DefaultLogFile,
 	}}
 }
 

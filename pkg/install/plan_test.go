@@ -61,7 +61,7 @@ func TestInstallFlags(t *testing.T) {
 		check func(t *testing.T, n *fakeNode, c *config.Conf)
 	}{
 		{name: "defaults", edit: func(o *Options) {}, check: func(t *testing.T, n *fakeNode, c *config.Conf) {
-			if c.LogFile != DefaultLogFile || c.Base.Timeout.String() != "30s" || c.Base.OnTimeout != config.Fail || len(c.Base.Probes) != 0 {
+			if c.LogFile != DefaultLogFile || c.Base.Timeout != config.DefaultTimeout || c.Base.OnTimeout != config.Fail || len(c.Base.Probes) != 0 {
 				t.Errorf("conf %+v", c)
 			}
 			if len(c.Skip.Namespaces) != 1 || c.Skip.Namespaces[0] != "kube-system" {

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/netready/netready/pkg/config"
+	"github.com/netready/netready/pkg/coord"
 	"github.com/netready/netready/pkg/gate"
 	"github.com/netready/netready/pkg/netstate"
 	"github.com/netready/netready/pkg/probe"
@@ -103,7 +105,44 @@ func Run(ctx context.Context, spec config.Spec, pod Pod) (*gate.Report, error) {
 	}
 	defer stop()
 	opts.PodChanged, opts.NodeChanged = podChanged, nodeChanged
-	return merge(rep, gate.Run(ctx, conds, opts)), nil
+	notes, unshare := share(&opts, conds)
+	defer unshare()
+	full := merge(rep, gate.Run(ctx, conds, opts))
+	full.Notes = append(full.Notes, notes...)
+	return full, nil
+}
+
+// RunDirEnv names another coordination directory than coord.DefaultDir:
+// for tests, which run many simulated nodes on one host.
+const RunDirEnv = "NETREADY_RUN_DIR"
+
+// share seats every active condition at its target's table under
+// /run/netready, so that the ADDs waiting on one target on this node probe
+// it once between them. What cannot be shared is probed alone, as without
+// coordination, and the returned notes say why (for the log).
+func share(opts *gate.Options, conds []gate.Condition) (notes []string, closeFn func()) {
+	dir := os.Getenv(RunDirEnv)
+	if dir == "" {
+		dir = coord.DefaultDir
+	}
+	node, err := coord.Open(dir)
+	if err != nil {
+		return []string{"probing alone, not sharing with other ADDs: " + err.Error()}, func() {}
+	}
+	opts.Peers = make([]gate.Peer, len(conds))
+	for i, c := range conds {
+		if c.Kind != gate.Active {
+			continue
+		}
+		t, err := node.Target(c.Name)
+		if err != nil {
+			notes = append(notes, c.Name+": probing alone, not sharing with other ADDs: "+err.Error())
+			continue
+		}
+		opts.Peers[i] = t
+	}
+	opts.PeerAnswered = node.Answered()
+	return notes, func() { node.Close() }
 }
 
 // merge reports the quick round and the full gate as one run: times count

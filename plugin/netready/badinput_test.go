@@ -76,8 +76,8 @@ func TestBadInput(t *testing.T) {
 			code: 6, msg: "exceeded max depth"},
 		{name: "stdin huge valid 8MiB with a bad timeout", stdin: conf(func(c map[string]any) {
 			c["example.com/padding"] = strings.Repeat("a", 8*mib)
-			c["timeout"] = "111s"
-		}), code: 7, msg: `"timeout": 1m51s is more than the maximum 1m50s`},
+			c["timeout"] = "201s"
+		}), code: 7, msg: `"timeout": 3m21s is more than the maximum 3m20s`},
 		{name: "stdin huge 20000 probes with one duplicate", stdin: probes(append(manyProbes(20000), "icmp://10.0.0.1")...),
 			code: 7, msg: `"probes[20000]": icmp://10.0.0.1 is probes[0] again`},
 		{name: "stdin huge 30000 unknown fields", stdin: conf(func(c map[string]any) {
@@ -166,7 +166,7 @@ func TestBadInput(t *testing.T) {
 		{name: "config timeout not a duration", stdin: field("timeout", "30"), code: 7, msg: `"timeout": want a positive Go duration such as "30s"`},
 		{name: "config timeout a number", stdin: field("timeout", 30), code: 7, msg: `"timeout": want a positive Go duration such as "30s", "500ms" or "1m30s", got the number 30`},
 		{name: "config timeout negative", stdin: field("timeout", "-1s"), code: 7, msg: `"timeout": want a positive Go duration`},
-		{name: "config timeout above 110s", stdin: field("timeout", "2m"), code: 7, msg: `"timeout": 2m0s is more than the maximum 1m50s`},
+		{name: "config timeout above 200s", stdin: field("timeout", "4m"), code: 7, msg: `"timeout": 4m0s is more than the maximum 3m20s`},
 		{name: "config interval above maxInterval", stdin: conf(func(c map[string]any) { c["interval"] = "100ms"; c["maxInterval"] = "50ms" }),
 			code: 7, msg: `"interval": 100ms is more than "maxInterval" 50ms`},
 		{name: "config interval too small", stdin: field("interval", "10us"), code: 7, msg: `"interval": 10µs is less than 1ms`},
@@ -185,14 +185,14 @@ func TestBadInput(t *testing.T) {
 		{name: "config probe duplicate", stdin: probes("tcp://10.0.0.1:80", "tcp://10.0.0.1:80?"), code: 7, msg: `"probes[1]": tcp://10.0.0.1:80 is probes[0] again`},
 		{name: "config rule without selector", stdin: field("rules", []any{map[string]any{"timeout": "5s"}}), code: 7,
 			msg: `"rules[0]": a rule needs "namespaces" or "pods"`},
-		{name: "config rule timeout above 110s", stdin: field("rules", []any{map[string]any{"namespaces": []string{"db"}, "timeout": "5m"}}), code: 7,
+		{name: "config rule timeout above 200s", stdin: field("rules", []any{map[string]any{"namespaces": []string{"db"}, "timeout": "5m"}}), code: 7,
 			msg: `"rules[0].timeout": 5m0s is more than the maximum`},
 		{name: "config rules not a list", stdin: field("rules", map[string]any{}), code: 7, msg: `"rules": want a list of objects`},
 		{name: "config skip pattern without namespace", stdin: field("skip", map[string]any{"pods": []string{"coredns-*"}}), code: 7,
 			msg: `"skip.pods[0]": want "namespace/name"`},
 		{name: "config skip namespace upper case", stdin: field("skip", map[string]any{"namespaces": []string{"Kube_System"}}), code: 7,
 			msg: `"skip.namespaces[0]": want a namespace name`},
-		{name: "config annotations.maxTimeout above 110s", stdin: field("annotations", map[string]any{"maxTimeout": "10m"}), code: 7,
+		{name: "config annotations.maxTimeout above 200s", stdin: field("annotations", map[string]any{"maxTimeout": "10m"}), code: 7,
 			msg: `"annotations.maxTimeout": 10m0s is more than the maximum`},
 		{name: "config annotations.maxProbes negative", stdin: field("annotations", map[string]any{"maxProbes": -1}), code: 7,
 			msg: `"annotations.maxProbes": want 0 or more`},

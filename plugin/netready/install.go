@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/install"
 )
 
@@ -86,7 +87,7 @@ func cliInstall(args []string, stdout, stderr io.Writer) int {
 	var probes, skip stringList
 	fs.Var(&probes, "probe", "a probe URL every gated pod must pass (repeatable)")
 	fs.Var(&skip, "skip-namespace", "pods of NS pass ungated (repeatable; default kube-system; '' skips none)")
-	timeout := fs.String("timeout", "30s", "the whole ADD budget, a Go duration, at most 110s")
+	timeout := fs.String("timeout", "", "the whole ADD budget, a Go duration, at most "+config.MaxTimeout.String()+" (default "+config.DefaultTimeout.String()+")")
 	onTimeout := fs.String("on-timeout", "fail", "fail or allow")
 	logFile := fs.String("log-file", install.DefaultLogFile, "netready's log file; '' logs to stderr (lost on K3s)")
 	mode := fs.String("mode", string(install.ModeOwned), "owned or flannel-cni-conf")

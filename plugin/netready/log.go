@@ -145,6 +145,7 @@ func (r *record) line() logrec.Record {
 	}
 	if r.report != nil {
 		l.Conditions = conditionLogs(r.report, r.p.start)
+		l.Notes = r.report.Notes
 	}
 	if r.err != nil {
 		var e *types.Error

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+
+	"github.com/netready/netready/e2e/testbed"
+)
+
+// blockedSettle is how long after every netready started the measuring window opens: they
+// have all finished their quick round, and what is left is the steady wait.
+const blockedSettle = 2 * time.Second
+
+// blockedAddTimeout bounds one ADD of the blocked fanout: the chain's ramp for 110 pods on a
+// loaded machine, the wait, and netready's exit.
+const blockedAddTimeout = 3 * time.Minute
+
+// allWaiting returns when n netready processes run at once.
+func (m *measurer) allWaiting(n int) (time.Time, error) {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		procs, err := netreadyCPU()
+		if err != nil {
+			return time.Time{}, err
+		}
+		if len(procs) >= n {
+			return time.Now(), nil
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("only %d of %d netready processes started within 2 minutes", len(procs), n)
+		}
+		select {
+		case <-m.ctx.Done():
+			return time.Time{}, m.ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// blockedRound is one round of n pods ADDed at once while fault blocks the path, which opens
+// wait after the ADDs started.
+type blockedRound struct {
+	cpuCores    float64 // CPU of all netready processes over the window, in cores
+	window      time.Duration
+	packetsPerS float64   // TCP packets to the db per second over the window (remote fault only)
+	openToRet   []float64 // per returned ADD: ms from the opening to its return
+	failures    int
+	firstErr    string
+}
+
+// blocked: the blocked fanout. blockedPods pods ADDed at once with netready (tcp probe to the db)
+// while the router drops the path (remote) and again while a blackhole route on the node does
+// (node-local); the path opens blockedWait after the ADDs started. While they wait, the CPU time
+// of every netready process (the bench's own children of that name: /proc/PID/stat, utime+stime)
+// and the router's packet counter are read at the start and the end of the window. Then idle_one:
+// the same with one pod, for the CPU one waiting pod costs.
+func (m *measurer) blocked(f *Figures, x *Extra) error {
+	if err := m.nftCounter.install(m.ctx); err != nil {
+		return err
+	}
+	defer m.nftCounter.remove()
+	remote, err := m.blockedRound(m.blockedList, m.router, m.o.blockedPods, m.o.blockedWait)
+	if err != nil {
+		return err
+	}
+	m.progress()
+	local, err := m.blockedRound(m.blockedList, m.node, m.o.blockedPods, m.o.blockedWait)
+	if err != nil {
+		return err
+	}
+	m.progress()
+	one, err := m.blockedRound(m.blockedList, m.router, 1, m.o.idleWait)
+	if err != nil {
+		return err
+	}
+	r, l := summarize(remote.openToRet), summarize(local.openToRet)
+	f.BlockedFanout = BlockedFanout{
+		Pods: m.o.blockedPods, Seconds: num(m.o.blockedWait.Seconds()),
+		CPUCores: num(remote.cpuCores), PacketsPerSPerTarget: num(remote.packetsPerS),
+		Failures: remote.failures + local.failures + one.failures,
+	}
+	f.BlockedFanout.OpenToReturn.Remote = P50P99{r.P50, r.P99}
+	f.BlockedFanout.OpenToReturn.Local = P50P99{l.P50, l.P99}
+	f.IdleOne = IdleOne{CPUMSPerS: num(one.cpuCores * 1000)}
+	x.BlockedLocalCPU, x.BlockedWindow = local.cpuCores, remote.window
+	x.BlockedRemoteMax, x.BlockedLocalMax = r.Max, l.Max
+	x.IdleOnePackets = one.packetsPerS
+	for _, e := range []string{remote.firstErr, local.firstErr, one.firstErr} {
+		if e != "" && x.BlockedFirstErr == "" {
+			x.BlockedFirstErr = e
+		}
+	}
+	return nil
+}
+
+func (m *measurer) blockedRound(list *libcni.NetworkConfigList, fault *testbed.Fault, n int, wait time.Duration) (blockedRound, error) {
+	var res blockedRound
+	pods := make([]*testbed.Pod, n)
+	defer func() {
+		for _, p := range pods {
+			if p != nil {
+				p.Remove()
+			}
+		}
+	}()
+	errs := make([]error, n)
+	parallel(n, 8, func(i int) { pods[i], errs[i] = m.newPod() })
+	if err := errors.Join(errs...); err != nil {
+		return res, err
+	}
+	if err := fault.Block(); err != nil {
+		return res, err
+	}
+	back := make([]time.Time, n)
+	var wg sync.WaitGroup
+	for i, p := range pods {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(m.ctx, blockedAddTimeout)
+			defer cancel()
+			_, errs[i] = m.b.Add(ctx, list, p)
+			back[i] = time.Now()
+		})
+	}
+	// The chain before netready takes a while for n pods at once (host-local's lock, a loaded
+	// machine): the wait counts from when every netready is running.
+	waiting, err := m.allWaiting(n)
+	if err != nil {
+		fault.Unblock()
+		wg.Wait()
+		return res, err
+	}
+	opened := fault.OpenAt(waiting.Add(wait))
+	windowEnd := waiting.Add(wait - 250*time.Millisecond)
+	time.Sleep(time.Until(waiting.Add(min(blockedSettle, wait/4))))
+	cpu1, err1 := netreadyCPU()
+	c1, t1, cerr1 := m.nftCounter.read(m.ctx)
+	time.Sleep(time.Until(windowEnd))
+	cpu2, err2 := netreadyCPU()
+	if os.Getenv("NR_BENCH_DEBUG") != "" {
+		fmt.Fprintf(os.Stderr, "netready processes at the window's start and end: %d, %d; %v of CPU\n", len(cpu1), len(cpu2), cpuDelta(cpu1, cpu2))
+	}
+	c2, t2, cerr2 := m.nftCounter.read(m.ctx)
+	wg.Wait()
+	o, oerr := waitOpened(opened)
+	delErrs := make([]error, n)
+	parallel(n, 8, func(i int) { delErrs[i] = m.delAndRemove(list, pods[i]) })
+	if err := errors.Join(err1, err2, cerr1, cerr2, oerr, errors.Join(delErrs...)); err != nil {
+		return res, err
+	}
+	res.window = t2.Sub(t1)
+	res.cpuCores = float64(cpuDelta(cpu1, cpu2)) / float64(res.window)
+	res.packetsPerS = float64(c2["tcp_db"]-c1["tcp_db"]) / res.window.Seconds()
+	for i, err := range errs {
+		if err != nil {
+			res.failures++
+			if res.firstErr == "" {
+				res.firstErr = err.Error()
+			}
+			continue
+		}
+		res.openToRet = append(res.openToRet, ms(back[i].Sub(o.At)))
+	}
+	if os.Getenv("NR_BENCH_DEBUG") != "" {
+		sorted := slices.Sorted(slices.Values(res.openToRet))
+		fmt.Fprintf(os.Stderr, "opening → return, ms, sorted: %.0f\n", sorted)
+	}
+	return res, nil
+}
+
+// cpuDelta is the CPU time the processes spent between two readings: a process in both counts
+// its difference, one that started between them all of its time (none here: the window opens
+// after every ADD started); one that ended between them is not counted (none: ADDs return
+// only after the opening).
+func cpuDelta(before, after map[int]time.Duration) time.Duration {
+	var d time.Duration
+	for pid, t := range after {
+		d += t - before[pid]
+	}
+	return d
+}
+
+// netreadyCPU is utime+stime of every netready process that is a child of this one (libcni
+// runs the plugins as its children), by pid. Other netready processes on the machine (other
+// tests) are not counted.
+func netreadyCPU() (map[int]time.Duration, error) {
+	self := os.Getpid()
+	out := map[int]time.Duration{}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue // exited meanwhile
+		}
+		comm, ppid, cpu, ok := parseStat(data)
+		if ok && ppid == self && comm == testbed.Netready {
+			out[pid] = cpu
+		}
+	}
+	return out, nil
+}
+
+// clockTick is USER_HZ, 100 on every Linux architecture Go supports.
+const clockTick = 10 * time.Millisecond
+
+// parseStat reads comm, ppid and utime+stime from /proc/PID/stat. comm is in parentheses and
+// may hold spaces or parentheses itself: the fields after it follow the last ')'.
+func parseStat(data []byte) (comm string, ppid int, cpu time.Duration, ok bool) {
+	open, end := bytes.IndexByte(data, '('), bytes.LastIndexByte(data, ')')
+	if open < 0 || end < open {
+		return "", 0, 0, false
+	}
+	comm = string(data[open+1 : end])
+	sc := bufio.NewScanner(bytes.NewReader(data[end+1:]))
+	sc.Split(bufio.ScanWords)
+	var fields []string
+	for sc.Scan() {
+		fields = append(fields, sc.Text())
+	}
+	// After comm: state(3) ppid(4) … utime(14) stime(15), numbered from 1 as in proc(5).
+	if len(fields) < 13 {
+		return "", 0, 0, false
+	}
+	ppid, err1 := strconv.Atoi(fields[1])
+	ut, err2 := strconv.ParseInt(fields[11], 10, 64)
+	st, err3 := strconv.ParseInt(fields[12], 10, 64)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return "", 0, 0, false
+	}
+	return comm, ppid, time.Duration(ut+st) * clockTick, true
+}
+
+// noopType is the bench's minimal chained plugin (e2e/bench/noop), for overhead_vs_noop.
+const noopType = "netready-noop"

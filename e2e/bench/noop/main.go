@@ -1,0 +1,36 @@
+// Command noop is the least a chained CNI plugin does: parse its config and prevResult, print
+// prevResult in the list's version. The benchmark chains it in netready's place to measure what
+// any chained Go plugin costs to exec, the floor under netready's overhead.
+package main
+
+import (
+	"encoding/json"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+)
+
+func main() {
+	skel.PluginMainFuncs(skel.CNIFuncs{
+		Add:   add,
+		Del:   func(*skel.CmdArgs) error { return nil },
+		Check: func(*skel.CmdArgs) error { return nil },
+	}, version.All, "noop: a chained plugin that passes prevResult through")
+}
+
+func add(args *skel.CmdArgs) error {
+	var conf types.NetConf
+	if err := json.Unmarshal(args.StdinData, &conf); err != nil {
+		return err
+	}
+	if err := version.ParsePrevResult(&conf); err != nil {
+		return err
+	}
+	prev, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return err
+	}
+	return types.PrintResult(prev, conf.CNIVersion)
+}

@@ -1,0 +1,240 @@
+package gate
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// fakePeer is a Peer whose answers the test sets: who leads, whether the
+// followers' budget has a slot.
+type fakePeer struct {
+	lead     atomic.Bool
+	slot     atomic.Bool
+	mu       sync.Mutex
+	leadAsks int // guarded by mu
+	answered int // guarded by mu
+}
+
+func (f *fakePeer) Lead() bool {
+	f.mu.Lock()
+	f.leadAsks++
+	f.mu.Unlock()
+	return f.lead.Load()
+}
+func (f *fakePeer) Slot() bool { return f.slot.Load() }
+func (f *fakePeer) Answered() {
+	f.mu.Lock()
+	f.answered++
+	f.mu.Unlock()
+}
+
+func (f *fakePeer) counts() (asks, answered int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.leadAsks, f.answered
+}
+
+func refused(context.Context, int) error { return errRefused }
+
+func TestSharedProbe(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		lead   bool
+		slot   bool
+		budget time.Duration
+		want   []time.Duration
+	}{
+		// The leader probes at the full schedule, as an unshared probe.
+		{"leader", true, false, 200 * time.Millisecond, ms(0, 10, 30, 70, 110, 150, 190)},
+		// A follower with slots probes once per slow interval.
+		{"follower with slots", false, true, 3500 * time.Millisecond, ms(0, 1000, 2000, 3000)},
+		// A follower whose budget is taken by the others sends nothing.
+		{"follower without slots", false, false, 3500 * time.Millisecond, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				peer := &fakePeer{}
+				peer.lead.Store(tc.lead)
+				peer.slot.Store(tc.slot)
+				rec := newRecorder(refused)
+				ctx, cancel := context.WithTimeout(t.Context(), tc.budget)
+				defer cancel()
+				rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+					Options{Peers: []Peer{peer}})
+				if got := rec.startTimes(); !equalDurations(got, tc.want) {
+					t.Errorf("attempts at %v, want %v", got, tc.want)
+				}
+				if rep.Ready() {
+					t.Errorf("ready, want a timeout")
+				}
+				if asks, _ := peer.counts(); tc.lead && asks != 1 {
+					t.Errorf("Lead asked %d times, want once: the leader keeps the lead", asks)
+				}
+			})
+		})
+	}
+}
+
+func TestFollowerTakesOverWithinOneSlowInterval(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		peer := &fakePeer{}
+		go func() {
+			time.Sleep(2500 * time.Millisecond) // the leader is killed: its flock is released
+			peer.lead.Store(true)
+		}()
+		rec := newRecorder(refused)
+		ctx, cancel := context.WithTimeout(t.Context(), 3600*time.Millisecond)
+		defer cancel()
+		Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+			Options{Peers: []Peer{peer}})
+		// No slot before: silent, asking again at random times within a
+		// slow interval; from the first ask after 2.5 s, the full schedule.
+		got := rec.startTimes()
+		if len(got) < 4 || got[0] <= 2500*time.Millisecond || got[0] > 3500*time.Millisecond {
+			t.Fatalf("attempts at %v, want the first within a slow interval of 2.5s", got)
+		}
+		for i, d := range ms(0, 10, 30, 70) {
+			if got[i]-got[0] != d {
+				t.Errorf("attempts at %v, want the full schedule from %v", got, got[0])
+				break
+			}
+		}
+	})
+}
+
+func TestFollowerWokenProvesItsOwnPath(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		open      bool // this pod's own path is open when the leader's answer arrives
+		wantReady bool
+	}{
+		{"own path open", true, true},
+		// Another namespace's egress policy: the leader's answer is not ours.
+		{"own path closed", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				peer := &fakePeer{}
+				answered := make(chan struct{}, 1)
+				t0 := time.Now()
+				rec := newRecorder(func(context.Context, int) error {
+					if tc.open && time.Since(t0) >= 1500*time.Millisecond {
+						return nil
+					}
+					return errRefused
+				})
+				go func() {
+					time.Sleep(1500 * time.Millisecond)
+					answered <- struct{}{}
+				}()
+				ctx, cancel := context.WithTimeout(t.Context(), 1900*time.Millisecond)
+				defer cancel()
+				rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+					Options{Peers: []Peer{peer}, PeerAnswered: answered})
+				if got, want := rec.startTimes(), ms(1500); !equalDurations(got, want) {
+					t.Errorf("attempts at %v, want one at once on the leader's answer", got)
+				}
+				if rep.Ready() != tc.wantReady {
+					t.Fatalf("Ready=%v, want %v", rep.Ready(), tc.wantReady)
+				}
+				if _, answers := peer.counts(); (answers == 1) != tc.wantReady {
+					t.Errorf("Answered %d times; want once only when this pod's own attempt succeeded", answers)
+				}
+			})
+		})
+	}
+}
+
+func TestLeaderAnswerTellsPeer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		peer := &fakePeer{}
+		peer.lead.Store(true)
+		t0 := time.Now()
+		rec := newRecorder(func(context.Context, int) error {
+			if time.Since(t0) >= 25*time.Millisecond {
+				return nil
+			}
+			return errRefused
+		})
+		rep := Run(t.Context(), []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+			Options{Peers: []Peer{peer}})
+		if !rep.Ready() || rep.Conditions[0].After != 30*time.Millisecond {
+			t.Fatalf("Ready=%v after %v, want ready at 30ms", rep.Ready(), rep.Conditions[0].After)
+		}
+		if _, answers := peer.counts(); answers != 1 {
+			t.Errorf("Answered %d times, want 1", answers)
+		}
+	})
+}
+
+func TestEventsWakeFollowerKeepingItsSlowTick(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		node bool
+		slot bool
+		want []time.Duration
+	}{
+		{"node event, slot free", true, true, ms(0, 1000, 1200, 2000)},
+		// Every ADD on the node sees a node event: followers need a slot.
+		{"node event, no slot", true, false, nil},
+		// A pod's own attempts make neighbour events in its netns: a
+		// follower that tried on each would keep itself busy.
+		{"pod event, slot free", false, true, ms(0, 1000, 1200, 2000)},
+		{"pod event, no slot", false, false, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				peer := &fakePeer{}
+				peer.slot.Store(tc.slot)
+				events := make(chan struct{}, 1)
+				go func() {
+					time.Sleep(1200 * time.Millisecond)
+					events <- struct{}{}
+				}()
+				rec := newRecorder(refused)
+				ctx, cancel := context.WithTimeout(t.Context(), 2500*time.Millisecond)
+				defer cancel()
+				opts := Options{Peers: []Peer{peer}}
+				if tc.node {
+					opts.NodeChanged = events
+				} else {
+					opts.PodChanged = events
+				}
+				Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}}, opts)
+				if got := rec.startTimes(); !equalDurations(got, tc.want) {
+					t.Errorf("attempts at %v, want %v", got, tc.want)
+				}
+			})
+		})
+	}
+}
+
+func TestFollowerAttemptEndsBeforeSYNRetransmission(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		peer := &fakePeer{}
+		peer.slot.Store(true)
+		var mu sync.Mutex
+		var lived []time.Duration
+		rec := newRecorder(func(ctx context.Context, _ int) error {
+			t0 := time.Now()
+			<-ctx.Done()
+			mu.Lock()
+			lived = append(lived, time.Since(t0))
+			mu.Unlock()
+			return ctx.Err()
+		})
+		ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
+		defer cancel()
+		Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+			Options{Peers: []Peer{peer}, AttemptTimeout: 2 * time.Second})
+		mu.Lock()
+		defer mu.Unlock()
+		if len(lived) == 0 || lived[0] != followerAttemptTimeout {
+			t.Errorf("a follower's attempts lived %v, want the first closed after %v", lived, followerAttemptTimeout)
+		}
+	})
+}

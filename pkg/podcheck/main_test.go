@@ -1,0 +1,21 @@
+package podcheck
+
+import (
+	"fmt"
+	"os"
+	"testing"
+)
+
+// TestMain gives the tests a coordination directory of their own, removed
+// at the end, instead of the node's /run/netready.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", fmt.Sprintf("nr-%d-run-", os.Getpid()))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Setenv(RunDirEnv, dir)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
