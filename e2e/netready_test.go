@@ -126,16 +126,30 @@ func TestNetreadyWaitsForPath(t *testing.T) {
 			pod := newPod(t, b)
 			openAt := tc.block(ctx, t, b)
 
+			// The path opens tc.after after netready itself started, not the
+			// chain: under load the plugins before it can take longer than
+			// tc.after, and netready would then find the path open at once.
+			started := netreadyStarted(ctx, pod.ContainerID)
+			lifts := make(chan (<-chan testbed.Opened), 1)
+			go func() {
+				if s, ok := <-started; ok {
+					lifts <- openAt(s.Add(tc.after))
+				}
+				close(lifts)
+			}()
 			start := time.Now()
-			opened := openAt(start.Add(tc.after))
 			_, err := b.Add(ctx, list, pod)
 			end := time.Now()
+			if err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			opened, ok := <-lifts
+			if !ok {
+				t.Fatal("netready's ADD returned before the test saw it running")
+			}
 			o, ok := <-opened
 			if !ok || o.Err != nil {
 				t.Fatalf("lifting the fault: %v", o.Err)
-			}
-			if err != nil {
-				t.Fatalf("ADD: %v", err)
 			}
 			t.Logf("ADD returned %v after the start, %v after the lift was requested, %v after the path opened (lift requested %v after the time asked)",
 				end.Sub(start), end.Sub(o.Requested), end.Sub(o.At), o.Requested.Sub(start.Add(tc.after)))
@@ -863,5 +877,37 @@ func (r logLine) condition(t *testing.T, name string) logrec.Condition {
 	if !ok {
 		t.Fatalf("%s record has no condition %q: %s", r.Verb, name, r.raw)
 	}
+	return c
+}
+
+// netreadyStarted sends the time it first sees netready running ADD for the
+// sandbox containerID (a process named netready whose environment holds that
+// CNI_CONTAINERID), polling /proc every millisecond; it closes the channel
+// unsent when ctx ends first.
+func netreadyStarted(ctx context.Context, containerID string) <-chan time.Time {
+	c := make(chan time.Time, 1)
+	want := []byte("CNI_CONTAINERID=" + containerID + "\x00")
+	go func() {
+		defer close(c)
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			pids, _ := filepath.Glob("/proc/[0-9]*")
+			for _, p := range pids {
+				if comm, err := os.ReadFile(p + "/comm"); err != nil || string(comm) != "netready\n" {
+					continue
+				}
+				if env, err := os.ReadFile(p + "/environ"); err == nil && bytes.Contains(env, want) && bytes.Contains(env, []byte("CNI_COMMAND=ADD\x00")) {
+					c <- time.Now()
+					return
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
 	return c
 }
