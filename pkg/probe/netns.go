@@ -34,6 +34,14 @@ type socketReply struct {
 	err error
 }
 
+// IsBadNetNS reports whether err says the path is no usable network
+// namespace (missing, or not a netns): the runtime's doing, not netready's.
+func IsBadNetNS(err error) bool {
+	var notExist ns.NSPathNotExistErr
+	var notNS ns.NSPathNotNSErr
+	return errors.As(err, &notExist) || errors.As(err, &notNS)
+}
+
 // OpenNetNS opens the network namespace at path. When path does not exist,
 // or is not a network namespace, the error says so, and errors.As finds an
 // ns.NSPathNotExistErr or an ns.NSPathNotNSErr in it.

@@ -274,3 +274,31 @@ func BenchmarkNetNSSocket(b *testing.B) {
 		syscall.Close(fd)
 	}
 }
+
+// TestIsBadNetNS: what OpenNetNS says of a missing path or a file that is no
+// netns is the runtime's bad netns; other errors are not.
+func TestIsBadNetNS(t *testing.T) {
+	file := t.TempDir() + "/not-a-netns"
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, missing := OpenNetNS(t.TempDir() + "/gone")
+	_, notNS := OpenNetNS(file)
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"missing path", missing, true},
+		{"regular file", notNS, true},
+		{"wrapped", fmt.Errorf("podcheck: %w", missing), true},
+		{"netlink failure", fmt.Errorf("netlink: %w", syscall.ENOBUFS), false},
+		{"nil", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := IsBadNetNS(tc.err); got != tc.want {
+				t.Errorf("IsBadNetNS(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
+	}
+}

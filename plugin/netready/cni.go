@@ -20,6 +20,7 @@ import (
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
 	"github.com/netready/netready/pkg/podcheck"
+	"github.com/netready/netready/pkg/probe"
 )
 
 // checkBudget caps CHECK: the runtime asks whether the network still works,
@@ -160,8 +161,13 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *c
 	defer stop()
 
 	report, err := podcheck.Run(ctx, spec, pod)
-	if err != nil {
+	switch {
+	case probe.IsBadNetNS(err):
 		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS: "+err.Error(), "")
+	case err != nil:
+		// Netlink, sockets, watchers: trouble on this node, not a bad
+		// netns from the runtime; the kubelet retries the sandbox.
+		return types.NewError(types.ErrInternal, "netready could not check the pod's network: "+err.Error(), "")
 	}
 	rec.report = report
 	waited := time.Since(p.start).Round(time.Millisecond)
