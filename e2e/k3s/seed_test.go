@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -44,11 +46,27 @@ type seedPod struct {
 	AppAttempts        int     `json:"app_attempts"`
 }
 
+// seedInFlightEnv sets how many pods of a way TestSeed keeps in flight at once (default 4).
+const seedInFlightEnv = "E2E_K3S_SEED_INFLIGHT"
+
+// seedOpening is one pod sandbox's path: found from its veth, opened at its own moment.
+type seedOpening struct {
+	k         int // the veth's arrival order in its way: picks the offset (and, in the ways after "without", the veth-to-app delay)
+	veth      Veth
+	ip        netip.Addr
+	off       time.Duration
+	vethToApp time.Duration
+	openedAt  time.Time
+	err       error
+	done      chan struct{} // closed once opened (or failed)
+}
+
 // TestSeed is the seed scenario on real K3s: N pods each way (K3s's chain without netready;
-// with netready probing the db; without netready but with the init-container wait loop), one at
-// a time, while the router drops everything to the db until a moment 0-4 s after the pod's
-// veth appears (stratified offsets, the same for each way, pod by pod). The app connects at
-// once, 500 ms per attempt, retrying every 500 ms. Figures: seed.<way> in E2E_K3S_JSON.
+// with netready probing the db; without netready but with the init-container wait loop), a few
+// pods of a way in flight at once, while the node drops what each pod sends to the db (PodFault,
+// keyed on the pod's IP) until its own moment: 0-1500 ms after its app's process starts (the
+// "without" way; the other ways open at the same moment counted from their own veth). The app
+// connects at once, 500 ms per attempt, retrying every 500 ms. Figures: seed.<way> in E2E_K3S_JSON.
 func TestSeed(t *testing.T) {
 	n := need(t)
 	ctx := t.Context()
@@ -63,23 +81,38 @@ func TestSeed(t *testing.T) {
 		}
 		count = v
 	}
+	inFlight := 4
+	if s := os.Getenv(seedInFlightEnv); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 1 {
+			t.Fatalf("%s=%q: want a positive number of pods", seedInFlightEnv, s)
+		}
+		inFlight = v
+	}
 	offsets := make([]time.Duration, count)
 	for i := range offsets {
 		offsets[i] = time.Duration((float64(i) + rand.Float64()) / float64(count) * float64(seedWindow))
 	}
 	rand.Shuffle(count, func(i, j int) { offsets[i], offsets[j] = offsets[j], offsets[i] })
 
-	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
+	fault, err := NewPodFault(ctx, n.Bed.Node)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { fault.Unblock() })
+	t.Cleanup(func() {
+		if err := fault.Remove(); err != nil {
+			t.Error(err)
+		}
+	})
 	watch, err := n.WatchVeths()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer watch.Close()
+	veths := watch.All()
+	var apps AppWatch
 
+	var vmu sync.Mutex
 	vethToApp := make([]time.Duration, count) // measured in the "without" way, which runs first
 	ways := []seedWay{{name: "without"}, {name: "with", netready: true}, {name: "initcontainer", initLoop: true}}
 	for _, way := range ways {
@@ -91,66 +124,112 @@ func TestSeed(t *testing.T) {
 			if way.netready {
 				install(t, n, "30s", testbed.ProbeDB)
 			}
-			var pods []seedPod
-			for i, off := range offsets {
-				p := PodSpec{Namespace: ns, Name: fmt.Sprintf("seed-%02d", i), InitLoop: way.initLoop}
-				if err := fault.Block(); err != nil {
-					t.Fatal(err)
-				}
-				veth := watch.Next()
-				created := time.Now()
-				if err := n.Apply(ctx, p); err != nil {
-					t.Fatal(err)
-				}
-				var vethAt time.Time
-				select {
-				case vethAt = <-veth:
-				case <-time.After(time.Minute):
-					t.Fatalf("pod %s: no veth in the node within a minute: %s", p.Name, n.describe(ctx, ns, p.Name))
-				}
-				var openAt time.Time
-				if way.name == "without" {
-					appAt, err := waitAppProcess(time.Minute)
-					if err != nil {
-						t.Fatalf("pod %s: %v: %s", p.Name, err, n.describe(ctx, ns, p.Name))
+			began := time.Now()
+			// Drain veths of earlier ways (none should come: deleted pods remove theirs).
+			for len(veths) > 0 {
+				<-veths
+			}
+			var mu sync.Mutex
+			byIP := map[netip.Addr]*seedOpening{}
+			var bgErrs []error
+			stop := make(chan struct{})
+			var handlers sync.WaitGroup
+			go func() {
+				k := 0
+				for {
+					select {
+					case <-stop:
+						return
+					case v := <-veths:
+						rec := &seedOpening{k: k, veth: v, off: offsets[k%count], done: make(chan struct{})}
+						k++
+						handlers.Add(1)
+						go func() {
+							defer handlers.Done()
+							defer close(rec.done)
+							pn, err := findPodNetns(v.Index, 30*time.Second)
+							if err != nil {
+								mu.Lock()
+								bgErrs = append(bgErrs, fmt.Errorf("veth %s: %w", v.Name, err))
+								mu.Unlock()
+								return
+							}
+							rec.ip = pn.IP
+							mu.Lock()
+							byIP[pn.IP] = rec
+							mu.Unlock()
+							var openAt time.Time
+							if way.name == "without" {
+								select {
+								case appAt := <-apps.Wait(pn.Inode):
+									rec.vethToApp = appAt.Sub(v.At)
+									vmu.Lock()
+									vethToApp[rec.k%count] = rec.vethToApp
+									vmu.Unlock()
+									openAt = appAt.Add(rec.off)
+								case <-time.After(time.Minute):
+									apps.Forget(pn.Inode)
+									rec.err = fmt.Errorf("veth %s (%s): no app process within a minute", v.Name, pn.IP)
+									return
+								}
+							} else {
+								vmu.Lock()
+								rec.vethToApp = vethToApp[rec.k%count]
+								vmu.Unlock()
+								openAt = v.At.Add(rec.vethToApp + rec.off)
+							}
+							time.Sleep(time.Until(openAt))
+							rec.openedAt, rec.err = fault.Open(pn.IP)
+						}()
 					}
-					vethToApp[i] = appAt.Sub(vethAt)
-					openAt = appAt.Add(off)
-				} else {
-					openAt = vethAt.Add(vethToApp[i] + off)
 				}
-				opened := fault.OpenAt(openAt)
-				if _, err := n.WaitPhase(ctx, ns, p.Name, 3*time.Minute, "Succeeded"); err != nil {
-					t.Fatal(err)
+			}()
+			defer func() { close(stop); handlers.Wait() }()
+
+			opening := func(ip netip.Addr) (*seedOpening, error) {
+				deadline := time.Now().Add(time.Minute)
+				for {
+					mu.Lock()
+					rec := byIP[ip]
+					mu.Unlock()
+					if rec != nil {
+						<-rec.done
+						return rec, rec.err
+					}
+					if time.Now().After(deadline) {
+						return nil, fmt.Errorf("%s: %w", ip, errNoOpening)
+					}
+					time.Sleep(10 * time.Millisecond)
 				}
-				o, ok := <-opened
-				if !ok || o.Err != nil {
-					t.Fatalf("opening the path: %v", o.Err)
-				}
-				app, err := n.AppReport(ctx, ns, p.Name, "app")
+			}
+			pods := make([]seedPod, count)
+			errs := make([]error, count)
+			jobs := make(chan int)
+			var workers sync.WaitGroup
+			for range min(inFlight, count) {
+				workers.Add(1)
+				go func() {
+					defer workers.Done()
+					for i := range jobs {
+						pods[i], errs[i] = runSeedPod(ctx, n, way, ns, fmt.Sprintf("seed-%02d", i), opening, fault)
+					}
+				}()
+			}
+			for i := range count {
+				jobs <- i
+			}
+			close(jobs)
+			workers.Wait()
+			wall := time.Since(began)
+			mu.Lock()
+			for _, err := range bgErrs {
+				t.Error(err)
+			}
+			mu.Unlock()
+			for _, err := range errs {
 				if err != nil {
 					t.Fatal(err)
 				}
-				first := app.StartedNS
-				if way.initLoop {
-					init, err := n.AppReport(ctx, ns, p.Name, "wait-for-db")
-					if err != nil {
-						t.Fatal(err)
-					}
-					first = init.StartedNS
-				}
-				pods = append(pods, seedPod{
-					Pod:                p.Name,
-					OpenOffsetMS:       round1(float64(off) / 1e6),
-					VethToAppMS:        round1(float64(vethToApp[i]) / 1e6),
-					OpenedAfterVethMS:  round1(float64(o.At.Sub(vethAt)) / 1e6),
-					FirstConnectFailed: app.FirstFailed,
-					StartToConnectMS:   round1(float64(app.ConnectedNS-first) / 1e6),
-					CreateToConnectMS:  round1(float64(app.ConnectedNS-created.UnixNano()) / 1e6),
-					ConnectAfterOpenMS: round1(float64(app.ConnectedNS-o.At.UnixNano()) / 1e6),
-					AppAttempts:        app.Attempts,
-				})
-				n.DeletePod(ctx, ns, p.Name, true)
 			}
 			var failures int
 			var startTo, createTo, afterOpen []float64
@@ -171,17 +250,22 @@ func TestSeed(t *testing.T) {
 				"p99_ms_from_create":        percentile(createTo, 99),
 				"p50_ms_connect_after_open": percentile(afterOpen, 50),
 				"p99_ms_connect_after_open": percentile(afterOpen, 99),
+				"in_flight":                 inFlight,
+				"wall_s":                    round1(wall.Seconds()),
+				"load1":                     load1(),
 				"per_pod":                   pods,
 			}
-			figures.SetIn("seed", way.name, sum)
-			t.Logf("%s: %d pods, %d first connects failed; container start -> connect p50 %.1f ms p99 %.1f ms; create -> connect p50 %.1f ms p99 %.1f ms; path open -> connect p50 %.1f ms p99 %.1f ms",
-				way.name, len(pods), failures, percentile(startTo, 50), percentile(startTo, 99),
-				percentile(createTo, 50), percentile(createTo, 99), percentile(afterOpen, 50), percentile(afterOpen, 99))
 			var delays []float64
+			vmu.Lock()
 			for _, d := range vethToApp {
 				delays = append(delays, float64(d)/1e6)
 			}
+			vmu.Unlock()
 			sum["veth_to_app_p50_ms"] = percentile(delays, 50)
+			figures.SetIn("seed", way.name, sum)
+			t.Logf("%s: %d pods (%d in flight, %.1f s, load %.1f), %d first connects failed; container start -> connect p50 %.1f ms p99 %.1f ms; create -> connect p50 %.1f ms p99 %.1f ms; path open -> connect p50 %.1f ms p99 %.1f ms",
+				way.name, len(pods), inFlight, wall.Seconds(), load1(), failures, percentile(startTo, 50), percentile(startTo, 99),
+				percentile(createTo, 50), percentile(createTo, 99), percentile(afterOpen, 50), percentile(afterOpen, 99))
 			switch {
 			case way.netready && failures != 0:
 				t.Errorf("with netready %d of %d first connects failed, want 0", failures, len(pods))
@@ -192,6 +276,53 @@ func TestSeed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// runSeedPod creates one pod of a way, waits until it succeeded, and measures it against the
+// opening of its path (found by its IP).
+func runSeedPod(ctx context.Context, n *Node, way seedWay, ns, name string, opening func(netip.Addr) (*seedOpening, error), fault *PodFault) (seedPod, error) {
+	p := PodSpec{Namespace: ns, Name: name, InitLoop: way.initLoop}
+	created := time.Now()
+	if err := n.Apply(ctx, p); err != nil {
+		return seedPod{}, err
+	}
+	defer n.DeletePod(ctx, ns, name, true)
+	pod, err := n.WaitPhase(ctx, ns, name, 3*time.Minute, "Succeeded")
+	if err != nil {
+		return seedPod{}, err
+	}
+	ip, err := netip.ParseAddr(pod.Status.PodIP)
+	if err != nil {
+		return seedPod{}, fmt.Errorf("pod %s/%s: podIP %q: %w", ns, name, pod.Status.PodIP, err)
+	}
+	rec, err := opening(ip)
+	if err != nil {
+		return seedPod{}, fmt.Errorf("pod %s/%s: opening its path: %w", ns, name, err)
+	}
+	defer fault.Close(ip)
+	app, err := n.AppReport(ctx, ns, name, "app")
+	if err != nil {
+		return seedPod{}, err
+	}
+	first := app.StartedNS
+	if way.initLoop {
+		init, err := n.AppReport(ctx, ns, name, "wait-for-db")
+		if err != nil {
+			return seedPod{}, err
+		}
+		first = init.StartedNS
+	}
+	return seedPod{
+		Pod:                name,
+		OpenOffsetMS:       round1(float64(rec.off) / 1e6),
+		VethToAppMS:        round1(float64(rec.vethToApp) / 1e6),
+		OpenedAfterVethMS:  round1(float64(rec.openedAt.Sub(rec.veth.At)) / 1e6),
+		FirstConnectFailed: app.FirstFailed,
+		StartToConnectMS:   round1(float64(app.ConnectedNS-first) / 1e6),
+		CreateToConnectMS:  round1(float64(app.ConnectedNS-created.UnixNano()) / 1e6),
+		ConnectAfterOpenMS: round1(float64(app.ConnectedNS-rec.openedAt.UnixNano()) / 1e6),
+		AppAttempts:        app.Attempts,
+	}, nil
 }
 
 // waitAppProcess polls /proc (every 2 ms) for a new app process (the app image's /app without

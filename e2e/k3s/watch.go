@@ -19,6 +19,14 @@ type VethWatch struct {
 	mu   sync.Mutex
 	// guarded by mu
 	waiters []chan time.Time
+	subs    []chan Veth
+}
+
+// Veth is a pod's host-side veth as it appeared in the node netns.
+type Veth struct {
+	Index int // its ifindex in the node netns (the pod's eth0 has it as its peer)
+	Name  string
+	At    time.Time // when the notification arrived
 }
 
 // WatchVeths subscribes to link notifications in the node netns.
@@ -47,9 +55,17 @@ func (n *Node) WatchVeths() (*VethWatch, error) {
 			w.mu.Lock()
 			ws := w.waiters
 			w.waiters = nil
+			subs := w.subs
 			w.mu.Unlock()
 			for _, c := range ws {
 				c <- at
+			}
+			v := Veth{Index: u.Link.Attrs().Index, Name: u.Link.Attrs().Name, At: at}
+			for _, c := range subs {
+				select {
+				case c <- v:
+				default: // a subscriber that fell 256 veths behind loses the rest
+				}
 			}
 		}
 	}()
@@ -61,6 +77,15 @@ func (w *VethWatch) Next() <-chan time.Time {
 	c := make(chan time.Time, 1)
 	w.mu.Lock()
 	w.waiters = append(w.waiters, c)
+	w.mu.Unlock()
+	return c
+}
+
+// All returns a channel that receives every new veth from now on, in order.
+func (w *VethWatch) All() <-chan Veth {
+	c := make(chan Veth, 256)
+	w.mu.Lock()
+	w.subs = append(w.subs, c)
 	w.mu.Unlock()
 	return c
 }
