@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -120,12 +121,12 @@ func TestHunt(t *testing.T) {
 
 	if on("baseline") {
 		t.Run("baseline", func(t *testing.T) {
-			record(t, "baseline", huntSummaryOf(t, n, "hunt-baseline", count, false, PodSpec{}))
+			record(t, "baseline", huntSummaryOf(t, n, "hunt-baseline", count, 1, PodSpec{}))
 		})
 	}
 	if on("burst") {
 		t.Run("burst", func(t *testing.T) {
-			record(t, "burst", huntSummaryOf(t, n, "hunt-burst", count, true, PodSpec{}))
+			record(t, "burst", huntSummaryOf(t, n, "hunt-burst", count, count, PodSpec{}))
 		})
 	}
 	if on("netpol") {
@@ -141,7 +142,7 @@ func TestHunt(t *testing.T) {
 			}
 			// kube-router picks policies up from its informer; give it a full second.
 			time.Sleep(3 * time.Second)
-			s := huntSummaryOf(t, n, ns, count, false, PodSpec{})
+			s := huntSummaryOf(t, n, ns, count, 1, PodSpec{})
 			s.Notes = "default-deny (Ingress, Egress) + allow egress to 198.51.100.0/24 TCP 5432"
 			record(t, "netpol", s)
 			if s.NeverConnected > 0 {
@@ -160,7 +161,7 @@ func TestHunt(t *testing.T) {
 					t.Error(err)
 				}
 			})
-			s := huntSummaryOf(t, n, "hunt-fwnft", count, true, PodSpec{})
+			s := huntSummaryOf(t, n, "hunt-fwnft", count, count, PodSpec{})
 			s.Notes = "table inet firewalld, forward chain at filter+10 ending in reject with icmpx admin-prohibited, no exceptions; pods in a burst (a path that never opens does not depend on timing)"
 			record(t, "firewalld_nft", s)
 			if s.NeverConnected != s.Pods {
@@ -169,7 +170,7 @@ func TestHunt(t *testing.T) {
 			if _, err := node.ExecInput(ctx, firewalldNftForward(k3sTrustedSources), "nft", "-f", "-"); err != nil {
 				t.Fatal(err)
 			}
-			s = huntSummaryOf(t, n, "hunt-fwnft-trusted", count, false, PodSpec{})
+			s = huntSummaryOf(t, n, "hunt-fwnft-trusted", count, 1, PodSpec{})
 			s.Notes = "as firewalld_nft plus the trusted zone for 10.42.0.0/16 and 10.43.0.0/16 (K3s's docs)"
 			record(t, "firewalld_nft_trusted", s)
 			if s.NeverConnected > 0 {
@@ -183,26 +184,27 @@ func TestHunt(t *testing.T) {
 			figures.SetIn("hunt", "firewalld_iptables_forward_chain", chain)
 			t.Logf("FORWARD after K3s started on top of firewalld's rules:\n%s", strings.Join(chain, "\n"))
 
-			s := huntSummaryOf(t, n, "hunt-fwipt", count, false, PodSpec{})
+			s := huntSummaryOf(t, n, "hunt-fwipt", count, 1, PodSpec{})
 			s.Notes = "firewalld's iptables backend in FORWARD (REJECT icmp-host-prohibited last), K3s started after it, no exceptions; one pod at a time"
 			record(t, "firewalld_iptables", s)
 
-			s = huntSummaryOf(t, n, "hunt-fwipt-burst", count, true, PodSpec{})
+			s = huntSummaryOf(t, n, "hunt-fwipt-burst", count, count, PodSpec{})
 			s.Notes = "as firewalld_iptables, the pods created at once"
 			record(t, "firewalld_iptables_burst", s)
 
-			s = huntSummaryOf(t, n, "hunt-fwipt-init", count, false, PodSpec{InitLoop: true})
+			s = huntSummaryOf(t, n, "hunt-fwipt-init", count, 1, PodSpec{InitLoop: true})
 			s.Notes = "as firewalld_iptables, with the init-container loop; start = the init container's"
 			record(t, "firewalld_iptables_initcontainer", s)
 
 			t.Run("netready", func(t *testing.T) {
-				record(t, "firewalld_iptables_netready", huntNetready(t, n, "hunt-fwipt-nr"))
+				s, _ := huntNetready(t, n, "hunt-fwipt-nr", time.Minute)
+				record(t, "firewalld_iptables_netready", s)
 			})
 
 			if _, err := n.Bed.Node.ExecInput(ctx, firewalldIptablesTrusted(k3sTrustedSources), "iptables-restore", "--noflush"); err != nil {
 				t.Fatal(err)
 			}
-			s = huntSummaryOf(t, n, "hunt-fwipt-trusted", count, false, PodSpec{})
+			s = huntSummaryOf(t, n, "hunt-fwipt-trusted", count, 1, PodSpec{})
 			s.Notes = "as firewalld_iptables plus the trusted zone for 10.42.0.0/16 and 10.43.0.0/16 (K3s's docs)"
 			record(t, "firewalld_iptables_trusted", s)
 			if s.NeverConnected > 0 {
@@ -260,77 +262,85 @@ func firewalldIptablesFirst(t *testing.T, n *Node) []string {
 	}
 }
 
-// huntSummaryOf runs count pods of spec in namespace ns (one at a time, or all created at once
-// when burst) and summarizes them.
-func huntSummaryOf(t *testing.T, n *Node, ns string, count int, burst bool, spec PodSpec) huntSummary {
+// huntSummaryOf runs count pods of spec in namespace ns, inFlight of them at once (1: one at a
+// time; count: a burst, all created at once), and summarizes them.
+func huntSummaryOf(t *testing.T, n *Node, ns string, count, inFlight int, spec PodSpec) huntSummary {
 	t.Helper()
-	return summarize(huntPods(t, n, ns, count, burst, spec), "")
+	return summarize(huntPods(t, n, ns, count, inFlight, spec), "")
 }
 
-func huntPods(t *testing.T, n *Node, ns string, count int, burst bool, spec PodSpec) []huntPod {
+func huntPods(t *testing.T, n *Node, ns string, count, inFlight int, spec PodSpec) []huntPod {
 	t.Helper()
 	ctx := t.Context()
 	if err := n.CreateNamespace(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
-	specs := make([]PodSpec, count)
-	created := make([]time.Time, count)
-	for i := range specs {
-		p := spec
-		p.Namespace, p.Name = ns, fmt.Sprintf("hunt-%02d", i)
-		p.AppArgs = append(slices.Clone(spec.AppArgs), "-deadline", huntAppDeadline)
-		specs[i] = p
+	out := make([]huntPod, count)
+	errs := make([]error, count)
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for range max(1, min(inFlight, count)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				p := spec
+				p.Namespace, p.Name = ns, fmt.Sprintf("hunt-%02d", i)
+				p.AppArgs = append(slices.Clone(spec.AppArgs), "-deadline", huntAppDeadline)
+				out[i], errs[i] = runHuntPod(ctx, n, p)
+			}
+		}()
 	}
-	var out []huntPod
-	measure := func(i int) {
-		p := specs[i]
-		if _, err := n.WaitPhase(ctx, ns, p.Name, 3*time.Minute, "Succeeded", "Failed"); err != nil {
-			t.Fatal(err)
-		}
-		app, err := n.AppReport(ctx, ns, p.Name, "app")
+	for i := range count {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	for _, err := range errs {
 		if err != nil {
 			t.Fatal(err)
-		}
-		first := app.StartedNS
-		hp := huntPod{Pod: p.Name, FirstConnectFailed: app.FirstFailed, FirstError: connectError(app.FirstError),
-			Connected: app.ConnectedNS != 0, Attempts: app.Attempts}
-		if p.InitLoop {
-			init, err := n.AppReport(ctx, ns, p.Name, "wait-for-db")
-			if err != nil {
-				t.Fatal(err)
-			}
-			first = init.StartedNS
-			hp.InitFirstFailed = init.FirstFailed
-		}
-		hp.CreateToStartMS = round1(float64(first-created[i].UnixNano()) / 1e6)
-		if hp.Connected {
-			hp.StartToConnectMS = round1(float64(app.ConnectedNS-first) / 1e6)
-		}
-		out = append(out, hp)
-		n.DeletePod(ctx, ns, p.Name, true)
-	}
-	for i, p := range specs {
-		created[i] = time.Now()
-		if err := n.Apply(ctx, p); err != nil {
-			t.Fatal(err)
-		}
-		if !burst {
-			measure(i)
-		}
-	}
-	if burst {
-		for i := range specs {
-			measure(i)
 		}
 	}
 	return out
 }
 
+// runHuntPod creates the pod, waits until it ended, reads its report(s) and deletes it.
+func runHuntPod(ctx context.Context, n *Node, p PodSpec) (huntPod, error) {
+	created := time.Now()
+	if err := n.Apply(ctx, p); err != nil {
+		return huntPod{}, err
+	}
+	defer n.DeletePod(ctx, p.Namespace, p.Name, true)
+	if _, err := n.WaitPhase(ctx, p.Namespace, p.Name, 3*time.Minute, "Succeeded", "Failed"); err != nil {
+		return huntPod{}, err
+	}
+	app, err := n.AppReport(ctx, p.Namespace, p.Name, "app")
+	if err != nil {
+		return huntPod{}, err
+	}
+	first := app.StartedNS
+	hp := huntPod{Pod: p.Name, FirstConnectFailed: app.FirstFailed, FirstError: connectError(app.FirstError),
+		Connected: app.ConnectedNS != 0, Attempts: app.Attempts}
+	if p.InitLoop {
+		init, err := n.AppReport(ctx, p.Namespace, p.Name, "wait-for-db")
+		if err != nil {
+			return huntPod{}, err
+		}
+		first = init.StartedNS
+		hp.InitFirstFailed = init.FirstFailed
+	}
+	hp.CreateToStartMS = round1(float64(first-created.UnixNano()) / 1e6)
+	if hp.Connected {
+		hp.StartToConnectMS = round1(float64(app.ConnectedNS-first) / 1e6)
+	}
+	return hp, nil
+}
+
 // huntNetready installs netready (probe: the db, timeout 10 s) and starts 2 pods: under a
 // condition where the path opens only once kube-router has seen the pod's IP (which the
 // kubelet publishes after the ADD returns), the ADD cannot pass. It reports what happened
-// within 60 s: ADD outcomes from netready's log, and whether the pods ran.
-func huntNetready(t *testing.T, n *Node, ns string) huntSummary {
+// within observe: ADD outcomes from netready's log (also returned), and whether the pods ran.
+func huntNetready(t *testing.T, n *Node, ns string, observe time.Duration) (huntSummary, map[string]int) {
 	t.Helper()
 	ctx := t.Context()
 	if err := n.CreateNamespace(ctx, ns); err != nil {
@@ -346,7 +356,7 @@ func huntNetready(t *testing.T, n *Node, ns string) huntSummary {
 		}
 		names = append(names, p.Name)
 	}
-	time.Sleep(60 * time.Second)
+	time.Sleep(observe)
 	var per []huntPod
 	outcomes := map[string]int{}
 	for _, name := range names {
@@ -366,6 +376,6 @@ func huntNetready(t *testing.T, n *Node, ns string) huntSummary {
 		per = append(per, hp)
 		n.DeletePod(ctx, ns, name, true)
 	}
-	s := summarize(per, fmt.Sprintf("netready (probe %s, timeout 10s), 60 s after 2 pods were created: ADD outcomes %v", testbed.ProbeDB, outcomes))
-	return s
+	s := summarize(per, fmt.Sprintf("netready (probe %s, timeout 10s), %v after 2 pods were created: ADD outcomes %v", testbed.ProbeDB, observe, outcomes))
+	return s, outcomes
 }
