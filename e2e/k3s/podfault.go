@@ -1,9 +1,9 @@
 package k3s
 
 import (
-	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -15,67 +15,106 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/netready/netready/e2e/testbed"
 )
 
-// podFaultTable is the nf_tables table of PodFault in the node netns.
-const podFaultTable = "netready_e2e_podfault"
+// The routing table and rule priorities of PodFault in the node netns (the main table's rule
+// is 32766; these come first).
+const (
+	podFaultTable    = 4242
+	podFaultOpenPref = 30050 // from <pod IP> lookup main: that pod's path is open
+	podFaultDropPref = 30100 // from the cluster CIDR to the db's subnet lookup 4242: a blackhole
+)
 
-// PodFault drops, in the node's forward hook, what pods send to the db's subnet unless the
+// PodFault black-holes, in the node's routing, what pods send to the db's subnet unless the
 // pod's IP was let through: each pod's path opens at its own moment, so that several pods can be
-// in flight at once. It works before flannel's SNAT (postrouting), where pods are still told
-// apart by their own IPs; the pod sees what the router's drop gives it: no answer.
+// in flight at once. Policy routing sees the pod's own source IP (flannel's SNAT comes after
+// it); a blackhole route discards silently, so the pod gets no answer, as from the router's
+// drop. Opening is one netlink call (an ip rule), tens of microseconds: no process to start.
 type PodFault struct {
-	node *testbed.Netns
-	mu   sync.Mutex // one nf_tables change at a time: NftCommitTime reads the netns's commits
+	mu sync.Mutex
+	// guarded by mu
+	h *netlink.Handle
 }
 
-// NewPodFault installs the table (with an empty set: every pod blocked).
-func NewPodFault(ctx context.Context, node *testbed.Netns) (*PodFault, error) {
-	f := &PodFault{node: node}
-	script := fmt.Sprintf(`table inet %[1]s
-delete table inet %[1]s
-table inet %[1]s {
-	set open {
-		type ipv4_addr
+// NewPodFault installs the blackhole (every pod blocked).
+func NewPodFault(node *testbed.Netns) (*PodFault, error) {
+	h, err := node.Netlink()
+	if err != nil {
+		return nil, err
 	}
-	chain forward {
-		type filter hook forward priority filter - 10; policy accept;
-		ip daddr %[2]s ip saddr != @open drop
+	f := &PodFault{h: h}
+	f.removeLocked() // a killed run's leftovers (the netns is normally new)
+	if err := h.RouteReplace(&netlink.Route{Dst: prefixNet(testbed.DBNet), Type: unix.RTN_BLACKHOLE, Table: podFaultTable}); err != nil {
+		h.Delete()
+		return nil, fmt.Errorf("pod fault: blackhole route in table %d: %w", podFaultTable, err)
 	}
-}
-`, podFaultTable, testbed.DBNet)
-	if _, err := node.ExecInput(ctx, script, "nft", "-f", "-"); err != nil {
-		return nil, fmt.Errorf("pod fault: %w", err)
+	r := netlink.NewRule()
+	r.Priority, r.Table, r.Src, r.Dst = podFaultDropPref, podFaultTable, prefixNet(testbed.ClusterCIDR), prefixNet(testbed.DBNet)
+	if err := h.RuleAdd(r); err != nil {
+		f.removeLocked()
+		h.Delete()
+		return nil, fmt.Errorf("pod fault: rule to table %d: %w", podFaultTable, err)
 	}
 	return f, nil
 }
 
-// Open lets ip through and returns when the kernel committed it.
+func (f *PodFault) openRule(ip netip.Addr) *netlink.Rule {
+	r := netlink.NewRule()
+	r.Priority, r.Table, r.Src = podFaultOpenPref, unix.RT_TABLE_MAIN, prefixNet(netip.PrefixFrom(ip, ip.BitLen()))
+	return r
+}
+
+// Open lets ip through and returns when the rule was in place (the netlink call's answer).
 func (f *PodFault) Open(ip netip.Addr) (time.Time, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.node.NftCommitTime(func() error {
-		_, err := f.node.Exec(context.Background(), "nft", "add", "element", "inet", podFaultTable, "open", "{ "+ip.String()+" }")
-		return err
-	})
+	if err := f.h.RuleAdd(f.openRule(ip)); err != nil {
+		return time.Time{}, fmt.Errorf("pod fault: opening %s: %w", ip, err)
+	}
+	return time.Now(), nil
 }
 
 // Close blocks ip again (its address may be leased to a later pod).
 func (f *PodFault) Close(ip netip.Addr) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	_, err := f.node.Exec(context.Background(), "nft", "delete", "element", "inet", podFaultTable, "open", "{ "+ip.String()+" }")
-	return err
+	return f.h.RuleDel(f.openRule(ip))
 }
 
-// Remove deletes the table.
+// Remove deletes the rules and the blackhole.
 func (f *PodFault) Remove() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	_, err := f.node.Exec(context.Background(), "nft", "delete", "table", "inet", podFaultTable)
+	err := f.removeLocked()
+	f.h.Delete()
 	return err
+}
+
+func (f *PodFault) removeLocked() error {
+	rules, err := f.h.RuleList(netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range rules {
+		if r.Priority == podFaultOpenPref || r.Priority == podFaultDropPref {
+			if err := f.h.RuleDel(&r); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	err = f.h.RouteDel(&netlink.Route{Dst: prefixNet(testbed.DBNet), Type: unix.RTN_BLACKHOLE, Table: podFaultTable})
+	if err != nil && !errors.Is(err, unix.ESRCH) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 // netnsDir is where containerd pins the pods' netns (cni-<uuid>).

@@ -63,10 +63,11 @@ type seedOpening struct {
 
 // TestSeed is the seed scenario on real K3s: N pods each way (K3s's chain without netready;
 // with netready probing the db; without netready but with the init-container wait loop), a few
-// pods of a way in flight at once, while the node drops what each pod sends to the db (PodFault,
-// keyed on the pod's IP) until its own moment: 0-1500 ms after its app's process starts (the
-// "without" way; the other ways open at the same moment counted from their own veth). The app
-// connects at once, 500 ms per attempt, retrying every 500 ms. Figures: seed.<way> in E2E_K3S_JSON.
+// pods of a way in flight at once (E2E_K3S_SEED_INFLIGHT, default 4), while the node
+// black-holes what each pod sends to the db (PodFault: policy routing keyed on the pod's IP)
+// until the pod's own moment: 0-1500 ms after its app's process starts (the "without" way; the
+// other ways open at the same moment counted from their own veth). The app connects at once,
+// 500 ms per attempt, retrying every 500 ms. Figures: seed.<way> in E2E_K3S_JSON.
 func TestSeed(t *testing.T) {
 	n := need(t)
 	ctx := t.Context()
@@ -95,7 +96,7 @@ func TestSeed(t *testing.T) {
 	}
 	rand.Shuffle(count, func(i, j int) { offsets[i], offsets[j] = offsets[j], offsets[i] })
 
-	fault, err := NewPodFault(ctx, n.Bed.Node)
+	fault, err := NewPodFault(n.Bed.Node)
 	if err != nil {
 		t.Fatal(err)
 	}
