@@ -35,7 +35,8 @@ type Agent struct {
 	Plugin  []byte       // netready's plugin object, as appended to the chain
 	Log     *slog.Logger // what the agent does, one line per change
 
-	lastState string // the last state logged, so a steady node logs nothing
+	lastState string      // the last state logged, so a steady node logs nothing
+	mine      os.FileInfo // the owned file as this agent last wrote it; nil before its first write
 }
 
 // New checks the plugin object with netready's own parser (the ADD will parse it the same way)
@@ -174,20 +175,30 @@ func (a *Agent) Reconcile() error {
 		return fmt.Errorf("read the CNI conf dir %s: %v", a.ConfDir, err)
 	}
 	act := Decide(d, a.Plugin)
+	why := "created"
+	switch {
+	case act.Write != nil && d.Owned != nil:
+		why = "primary changed"
+	case act.Write == nil && act.Err == nil && d.Owned != nil && a.mine == nil:
+		// A file in step that another agent wrote (a rolling update's surge pod, a restarted
+		// container): write it once anyway, so that agent's stop, which removes only the file it
+		// wrote, leaves this one's in place.
+		act.Write, why = d.Owned, "taken over from a previous agent"
+	}
 	if act.Remove {
 		if err := a.removeOwned("refused"); err != nil {
 			return err
 		}
 	}
 	if act.Write != nil {
-		why := "created"
-		if d.Owned != nil {
-			why = "primary changed"
-		}
+		p := filepath.Join(a.ConfDir, install.OwnedName)
 		if err := install.WriteConflist(a.ConfDir, install.OwnedName, act.Write, []string{a.BinDir}); err != nil {
 			return err
 		}
-		a.Log.Info("owned conflist written", "path", filepath.Join(a.ConfDir, install.OwnedName), "why", why, "primary", d.Primary)
+		if a.mine, err = os.Stat(p); err != nil {
+			return fmt.Errorf("stat %s after writing it: %v", p, err)
+		}
+		a.Log.Info("owned conflist written", "path", p, "why", why, "primary", d.Primary)
 	}
 	if act.State != a.lastState {
 		if act.Err != nil {
@@ -202,6 +213,16 @@ func (a *Agent) Reconcile() error {
 
 func (a *Agent) removeOwned(why string) error {
 	p := filepath.Join(a.ConfDir, install.OwnedName)
+	if why == "stopping" {
+		// This agent never wrote the file, or another agent replaced it since (each write is a
+		// rename, so a new inode): it is that agent's, and it keeps the node gated after this one stops.
+		// Between this stat and the remove another agent may still rename in a new file; it
+		// then finds the file gone and writes it again within one interval.
+		if fi, err := os.Stat(p); err == nil && (a.mine == nil || !os.SameFile(fi, a.mine)) {
+			a.Log.Info("owned conflist left in place: another agent wrote it after this one", "path", p)
+			return nil
+		}
+	}
 	err := os.Remove(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -213,9 +234,10 @@ func (a *Agent) removeOwned(why string) error {
 	return nil
 }
 
-// Run reconciles every interval until ctx is done, then removes the owned conflist (the
-// DaemonSet is being deleted or the pod replaced: the node falls back to its primary chain until
-// the next agent writes it again). Errors are logged and retried; Run returns the removal's.
+// Run reconciles every interval until ctx is done, then removes the owned conflist if it is still
+// the one this agent wrote (the DaemonSet is being deleted or the pod replaced: the node falls
+// back to its primary chain until the next agent writes it again). Errors are logged and
+// retried; Run returns the removal's.
 func (a *Agent) Run(ctx context.Context, interval time.Duration) error {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
