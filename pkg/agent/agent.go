@@ -1,7 +1,7 @@
 // Package agent keeps netready in a node's CNI chain for a DaemonSet: it copies the binary into
 // the CNI bin dir, keeps the owned conflist (the primary chain with netready last, pkg/install's
-// format and atomic writer) in step with the primary conflist, and removes exactly that file when
-// told to stop. It never edits the primary file.
+// format and atomic writer) in step with the primary conflist, and removes exactly that file (and
+// the binary, once nothing chains it) when told to stop. It never edits the primary file.
 package agent
 
 import (
@@ -27,6 +27,12 @@ import (
 // delete the owned file; either is repaired within a second. Two small reads per tick.
 const Interval = 500 * time.Millisecond
 
+// BinaryGrace is how long a stopping agent waits between removing its conflist and removing the
+// binary: containerd reloads its chain on the conf dir's inotify event (0.15 s measured on the
+// containerd tier), and an ADD it started before then still execs the binary. Well within the
+// DaemonSet's 30 s termination grace.
+const BinaryGrace = 2 * time.Second
+
 // Agent is one node's agent. Paths are as this process sees them (the DaemonSet mounts the
 // node's dirs).
 type Agent struct {
@@ -34,6 +40,8 @@ type Agent struct {
 	BinDir  string
 	Plugin  []byte       // netready's plugin object, as appended to the chain
 	Log     *slog.Logger // what the agent does, one line per change
+
+	BinaryGrace time.Duration // see BinaryGrace; New sets it
 
 	lastState string      // the last state logged, so a steady node logs nothing
 	mine      os.FileInfo // the owned file as this agent last wrote it; nil before its first write
@@ -59,7 +67,7 @@ func New(confDir, binDir string, plugin []byte, log *slog.Logger) (*Agent, error
 	if err := jsonCompact(&compact, plugin); err != nil {
 		return nil, err
 	}
-	return &Agent{ConfDir: confDir, BinDir: binDir, Plugin: compact.Bytes(), Log: log}, nil
+	return &Agent{ConfDir: confDir, BinDir: binDir, Plugin: compact.Bytes(), Log: log, BinaryGrace: BinaryGrace}, nil
 }
 
 // InstallBinary puts the binary at src into the bin dir as "netready", unless the same bytes are
@@ -211,6 +219,51 @@ func (a *Agent) Reconcile() error {
 	return act.Err
 }
 
+// stop removes the owned conflist if it is still this agent's and then, once containerd has had
+// time to reload its chain, the binary, unless a conf file in the dir still chains netready
+// (another agent's, or `netready install`'s): the node is left as it was before the agent.
+// A pod gated meanwhile does not need the binary for its DEL: containerd tears a sandbox down
+// with the chain it has loaded now, K3s's own (e2e/k3s TestDaemonSet deletes such a pod after
+// the DaemonSet).
+func (a *Agent) stop() error {
+	if err := a.removeOwned("stopping"); err != nil {
+		return err
+	}
+	if a.chained() {
+		return nil
+	}
+	time.Sleep(a.BinaryGrace)
+	if a.chained() { // an agent that started meanwhile
+		return nil
+	}
+	p := filepath.Join(a.BinDir, install.BinaryName)
+	err := os.Remove(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("remove %s: %v", p, err)
+	}
+	a.Log.Info("binary removed: no conf file chains netready any more", "path", p)
+	return nil
+}
+
+// chained says whether a conf file in the conf dir (any of them, not only the first) chains
+// netready; an unreadable dir counts as chained, so the binary stays.
+func (a *Agent) chained() bool {
+	files, err := libcni.ConfFiles(a.ConfDir, install.ConfExtensions)
+	if err != nil {
+		return true
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil || install.ChainHasNetready(b) {
+			return true
+		}
+	}
+	return false
+}
+
 func (a *Agent) removeOwned(why string) error {
 	p := filepath.Join(a.ConfDir, install.OwnedName)
 	if why == "stopping" {
@@ -235,9 +288,9 @@ func (a *Agent) removeOwned(why string) error {
 }
 
 // Run reconciles every interval until ctx is done, then removes the owned conflist if it is still
-// the one this agent wrote (the DaemonSet is being deleted or the pod replaced: the node falls
-// back to its primary chain until the next agent writes it again). Errors are logged and
-// retried; Run returns the removal's.
+// the one this agent wrote, and the binary when nothing chains it any more (the DaemonSet is being
+// deleted or the pod replaced: the node falls back to its primary chain until the next agent
+// writes it again). Errors are logged and retried; Run returns the removal's.
 func (a *Agent) Run(ctx context.Context, interval time.Duration) error {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
@@ -254,7 +307,7 @@ func (a *Agent) Run(ctx context.Context, interval time.Duration) error {
 		}
 		select {
 		case <-ctx.Done():
-			return a.removeOwned("stopping")
+			return a.stop()
 		case <-tick.C:
 		}
 	}

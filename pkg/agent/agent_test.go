@@ -71,6 +71,7 @@ func (n node) agent(t *testing.T) *Agent {
 	if err != nil {
 		t.Fatal(err)
 	}
+	a.BinaryGrace = 10 * time.Millisecond
 	return a
 }
 
@@ -225,8 +226,29 @@ func TestRunFollows(t *testing.T) {
 	if len(entries) != 2 {
 		t.Errorf("conf dir after stop: %v, want the primary and the other file only", entries)
 	}
+	if _, err := os.Stat(filepath.Join(n.bin, "netready")); err == nil {
+		t.Error("stop left the binary although no conf file chains netready: the node is not as it was")
+	}
+	for _, p := range []string{"flannel", "portmap", "bandwidth", "calico"} {
+		if _, err := os.Stat(filepath.Join(n.bin, p)); err != nil {
+			t.Errorf("stop touched another plugin's binary: %v", err)
+		}
+	}
+}
+
+// The binary stays while any conf file still chains netready: a hand-made chain, or
+// `netready install` in flannel-cni-conf mode on another dir's file.
+func TestStopKeepsBinaryWhileChained(t *testing.T) {
+	n := newNode(t)
+	n.write(t, "99-hand.conflist", chain("hand", "flannel", "netready"))
+	a := n.agent(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := a.Run(ctx, Interval); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := os.Stat(filepath.Join(n.bin, "netready")); err != nil {
-		t.Error("stop removed the binary: pods created meanwhile still need it for DEL")
+		t.Errorf("stop removed the binary that 99-hand.conflist still chains: %v", err)
 	}
 }
 
@@ -304,6 +326,9 @@ func TestStopLeavesAnotherAgentsFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantOwned(t, n, install.K3sChain)
+	if _, err := os.Stat(filepath.Join(n.bin, "netready")); err != nil {
+		t.Errorf("the old agent removed the binary the remaining agent's chain needs: %v", err)
+	}
 	if !strings.Contains(n.log.String(), "left in place") {
 		t.Errorf("the old agent did not say why it left the file:\n%s", n.log)
 	}
@@ -319,5 +344,8 @@ func TestStopLeavesAnotherAgentsFile(t *testing.T) {
 	}
 	if _, err := os.Stat(owned); err == nil {
 		t.Error("the last agent's stop left the owned file: the DaemonSet's delete would leave the node chained")
+	}
+	if _, err := os.Stat(filepath.Join(n.bin, "netready")); err == nil {
+		t.Error("the last agent's stop left the binary")
 	}
 }
