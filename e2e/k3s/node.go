@@ -3,6 +3,7 @@ package k3s
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -272,6 +273,19 @@ func (n *Node) waitReady(ctx context.Context, timeout time.Duration) error {
 		}},
 		{"service account default/default", func() error {
 			return n.API.Do(ctx, "GET", "/api/v1/namespaces/default/serviceaccounts/default", nil, nil)
+		}},
+		// K3s starts kube-router's network policy controller after flannel; it lists the node's
+		// links as it starts and K3s shuts down when that dump is interrupted by links changing
+		// ("failed to start networking: unable to initialize network policy controller: error
+		// getting node subnet: failed to get list of links: results may be incomplete", seen
+		// here when 4 pods were created the moment the node was Ready). Its FORWARD jump
+		// appears once it has started.
+		{"kube-router's network policy controller (KUBE-ROUTER-FORWARD in the node's FORWARD)", func() error {
+			out, err := n.Bed.Node.Exec(ctx, "iptables", "-S", "FORWARD")
+			if err == nil && !strings.Contains(string(out), "KUBE-ROUTER-FORWARD") {
+				err = errors.New("not yet")
+			}
+			return err
 		}},
 	}
 	for _, s := range steps {

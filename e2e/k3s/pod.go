@@ -102,6 +102,13 @@ func (n *Node) WaitPhase(ctx context.Context, ns, name string, timeout time.Dura
 				return p, fmt.Errorf("pod %s/%s failed: %s", ns, name, n.describe(ctx, ns, name))
 			}
 		}
+		if n.exited != nil {
+			select {
+			case <-n.exited:
+				return p, fmt.Errorf("pod %s/%s: k3s exited while waiting for phase %v; its log: %s\n%s", ns, name, want, n.Log, tail(n.Log, 15))
+			default:
+			}
+		}
 		if time.Now().After(deadline) {
 			return p, fmt.Errorf("pod %s/%s: phase %q after %v (last error %v), want %v; events: %s", ns, name, p.Status.Phase, timeout, err, want, n.describe(ctx, ns, name))
 		}
