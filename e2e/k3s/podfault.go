@@ -127,10 +127,17 @@ type podNetns struct {
 	IP    netip.Addr
 }
 
-// findPodNetns finds the pod netns (cni-* under /var/run/netns) whose eth0's peer is the node's
-// veth vethIndex, and waits until eth0 has its IPv4 address (the bridge plugin creates both ends,
-// then host-local's address follows within milliseconds).
-func findPodNetns(vethIndex int, limit time.Duration) (podNetns, error) {
+// findPodNetns finds the pod netns (cni-* under /var/run/netns) whose eth0's peer is the veth
+// vethIndex of the node netns at nodePath, and waits until eth0 has its IPv4 address (the bridge
+// plugin creates both ends, then host-local's address follows within milliseconds). The peer is
+// checked by index and by netns (eth0's link-netnsid is the node's), since other pods' netns on
+// the machine (other tiers' nodes) may have a peer with the same index in their own node.
+func findPodNetns(nodePath string, vethIndex int, limit time.Duration) (podNetns, error) {
+	node, err := netns.GetFromPath(nodePath)
+	if err != nil {
+		return podNetns{}, err
+	}
+	defer node.Close()
 	deadline := time.Now().Add(limit)
 	for {
 		entries, _ := os.ReadDir(netnsDir)
@@ -139,7 +146,7 @@ func findPodNetns(vethIndex int, limit time.Duration) (podNetns, error) {
 				continue
 			}
 			p := filepath.Join(netnsDir, e.Name())
-			ip, ok := eth0Peer(p, vethIndex)
+			ip, ok := eth0Peer(p, node, vethIndex)
 			if !ok {
 				continue
 			}
@@ -158,9 +165,9 @@ func findPodNetns(vethIndex int, limit time.Duration) (podNetns, error) {
 	}
 }
 
-// eth0Peer reports whether the netns at path has an eth0 whose peer is vethIndex, and eth0's
-// first IPv4 address (invalid while there is none).
-func eth0Peer(path string, vethIndex int) (netip.Addr, bool) {
+// eth0Peer reports whether the netns at path has an eth0 whose peer is vethIndex in node, and
+// eth0's first IPv4 address (invalid while there is none).
+func eth0Peer(path string, node netns.NsHandle, vethIndex int) (netip.Addr, bool) {
 	h, err := netns.GetFromPath(path)
 	if err != nil {
 		return netip.Addr{}, false
@@ -173,6 +180,9 @@ func eth0Peer(path string, vethIndex int) (netip.Addr, bool) {
 	defer nl.Delete()
 	link, err := nl.LinkByName("eth0")
 	if err != nil || link.Attrs().ParentIndex != vethIndex {
+		return netip.Addr{}, false
+	}
+	if id, err := nl.GetNetNsIdByFd(int(node)); err != nil || id != link.Attrs().NetNsID {
 		return netip.Addr{}, false
 	}
 	addrs, err := nl.AddrList(link, netlink.FAMILY_V4)

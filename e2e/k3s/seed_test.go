@@ -148,7 +148,7 @@ func TestSeed(t *testing.T) {
 						go func() {
 							defer handlers.Done()
 							defer close(rec.done)
-							pn, err := findPodNetns(v.Index, 30*time.Second)
+							pn, err := findPodNetns(n.Bed.Node.Path, v.Index, 30*time.Second)
 							if err != nil {
 								mu.Lock()
 								bgErrs = append(bgErrs, fmt.Errorf("veth %s: %w", v.Name, err))
