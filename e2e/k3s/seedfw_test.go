@@ -79,14 +79,14 @@ func TestSeedFirewalld(t *testing.T) {
 		}
 	})
 	t.Run("with", func(t *testing.T) {
-		s, outcomes := huntNetready(t, n, "e2e-seedfw-with", 40*time.Second)
+		s, outcomes := huntNetready(t, n, "e2e-seedfw-with", 25*time.Second)
 		figures.SetIn("seed_firewalld", "with", s)
 		t.Logf("with: %s; %s", s, s.Notes)
 		if outcomes["ready"] != 0 || s.NeverConnected != s.Pods {
 			t.Errorf("netready's ADD passed under firewalld's REJECT (ADD outcomes %v, %d of %d pods ran): the README says it cannot (kube-router opens the path only after the ADD returns); update it", outcomes, s.Pods-s.NeverConnected, s.Pods)
 		}
 		if outcomes["timeout"] == 0 {
-			t.Errorf("no ADD timed out within 40 s (outcomes %v): netready did not gate these pods", outcomes)
+			t.Errorf("no ADD timed out within 25 s (outcomes %v): netready did not gate these pods", outcomes)
 		}
 	})
 }
