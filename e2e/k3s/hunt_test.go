@@ -94,13 +94,13 @@ func load1() float64 {
 // did not happen; for each, N pods of K3s's chain without netready connect to the db the
 // instant the app starts, and the test records how many first connects failed, with what error,
 // and the time from the container's start to the first success. Opt-in (E2E_K3S_HUNT), since
-// it restarts K3s and takes about 10 minutes; it asserts only what each condition must show to
+// it restarts K3s and took 12.4 minutes here; it asserts only what each condition must show to
 // have been set up (a condition that blocks everything shows it), the figures are the finding.
 func TestHunt(t *testing.T) {
 	n := need(t)
 	sel := os.Getenv(huntEnv)
 	if sel == "" {
-		t.Skipf("set %s=1 (or a list of conditions) to run the seed hunt (about 10 minutes, restarts K3s)", huntEnv)
+		t.Skipf("set %s=1 (or a list of conditions) to run the seed hunt (about 12 minutes, restarts K3s)", huntEnv)
 	}
 	on := func(name string) bool {
 		return sel == "1" || slices.Contains(strings.Split(sel, ","), name)
