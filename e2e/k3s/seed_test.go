@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,7 +23,8 @@ const seedNEnv = "E2E_K3S_SEED_N"
 // on this machine (the kubelet creates and starts it after the sandbox), so the opening cannot be
 // counted from the veth as in the containerd tier: in the "without" way the tier watches for the
 // app's process and opens the path offset_i after it; the other ways open at the same moment
-// counted from their own veth (veth + pod i's veth-to-app delay without netready + offset_i).
+// counted from their own veth (veth + the veth-to-app delay of the same arrival without netready
+// + offset_i, i the veth's arrival order in its way).
 const seedWindow = 1500 * time.Millisecond
 
 type seedWay struct {
@@ -133,9 +133,10 @@ func TestSeed(t *testing.T) {
 			var mu sync.Mutex
 			byIP := map[netip.Addr]*seedOpening{}
 			var bgErrs []error
-			stop := make(chan struct{})
+			stop, dispatched := make(chan struct{}), make(chan struct{})
 			var handlers sync.WaitGroup
 			go func() {
+				defer close(dispatched)
 				k := 0
 				for {
 					select {
@@ -185,7 +186,7 @@ func TestSeed(t *testing.T) {
 					}
 				}
 			}()
-			defer func() { close(stop); handlers.Wait() }()
+			defer func() { close(stop); <-dispatched; handlers.Wait() }()
 
 			opening := func(ip netip.Addr) (*seedOpening, error) {
 				deadline := time.Now().Add(time.Minute)
@@ -324,39 +325,4 @@ func runSeedPod(ctx context.Context, n *Node, way seedWay, ns, name string, open
 		ConnectAfterOpenMS: round1(float64(app.ConnectedNS-rec.openedAt.UnixNano()) / 1e6),
 		AppAttempts:        app.Attempts,
 	}, nil
-}
-
-// waitAppProcess polls /proc (every 2 ms) for a new app process (the app image's /app without
-// -init) and returns when it was first seen: within a few ms of the container's start.
-func waitAppProcess(limit time.Duration) (time.Time, error) {
-	seen := map[int]bool{}
-	for _, pid := range appProcs() {
-		seen[pid] = true
-	}
-	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		for _, pid := range appProcs() {
-			if !seen[pid] {
-				return time.Now(), nil
-			}
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	return time.Time{}, fmt.Errorf("no app process started within %v", limit)
-}
-
-func appProcs() []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		c, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && strings.HasPrefix(string(c), "/app\x00") && !strings.Contains(string(c), "-init") {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }
