@@ -14,6 +14,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -46,14 +47,22 @@ type Server struct {
 	watches  []string // each watch's query
 }
 
-// New starts a Server, closed when the test ends.
-func New(t testing.TB) *Server {
+// New starts a Server on a loopback port, closed when the test ends.
+func New(t testing.TB) *Server { t.Helper(); return NewOn(t, nil) }
+
+// NewOn starts a Server on l (nil: a loopback port of its own), e.g. a
+// listener made in a test's network namespace, where the plugin runs.
+func NewOn(t testing.TB, l net.Listener) *Server {
 	t.Helper()
 	a := &Server{getCode: 200, watchErr: 200, Events: make(chan string, 16), done: make(chan struct{}),
 		pod: map[string]any{"kind": "Pod", "metadata": map[string]any{
 			"name": "web", "namespace": "default", "uid": "uid-1", "resourceVersion": "41"},
 			"spec": map[string]any{"nodeName": "node-a"}}}
 	a.srv = httptest.NewUnstartedServer(http.HandlerFunc(a.serve))
+	if l != nil {
+		a.srv.Listener.Close()
+		a.srv.Listener = l
+	}
 	clientCert, clientKey, clientCA := makeClientCert(t)
 	pool := x509.NewCertPool()
 	pool.AddCert(clientCA)
