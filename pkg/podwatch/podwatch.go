@@ -74,11 +74,12 @@ func (g *Gone) Error() string {
 type object struct {
 	Kind     string `json:"kind"`
 	Metadata struct {
-		Name              string     `json:"name"`
-		Namespace         string     `json:"namespace"`
-		UID               string     `json:"uid"`
-		ResourceVersion   string     `json:"resourceVersion"`
-		DeletionTimestamp *time.Time `json:"deletionTimestamp"`
+		Name              string            `json:"name"`
+		Namespace         string            `json:"namespace"`
+		UID               string            `json:"uid"`
+		ResourceVersion   string            `json:"resourceVersion"`
+		Annotations       map[string]string `json:"annotations"`
+		DeletionTimestamp *time.Time        `json:"deletionTimestamp"`
 	} `json:"metadata"`
 	Spec struct {
 		NodeName string `json:"nodeName"`
@@ -106,6 +107,9 @@ type event struct {
 	Type   string `json:"type"`
 	Object object `json:"object"`
 }
+
+// mirrorAnnotation marks the API object the kubelet makes for a static pod.
+const mirrorAnnotation = "kubernetes.io/config.mirror"
 
 // Named timeouts, each short enough that a broken API server costs nothing
 // visible (the ADD never waits for the watch) and long enough for a loaded one.
@@ -173,6 +177,11 @@ func (c *Client) Wait(ctx context.Context, pod Pod) error {
 		obj, err := c.get(ctx, pod)
 		if err != nil {
 			return err
+		}
+		if h := obj.Metadata.Annotations[mirrorAnnotation]; h != "" {
+			// A static pod's API object is a mirror the kubelet re-creates at will: its UID is
+			// not the pod's, and its deletion does not delete the pod.
+			return fmt.Errorf("pod %s is the mirror of a static pod (%s: %s), which says nothing of the pod's life", pod, mirrorAnnotation, h)
 		}
 		if g := judge(pod, obj, "GET"); g != nil {
 			return g

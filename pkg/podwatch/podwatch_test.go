@@ -158,6 +158,10 @@ func TestCannotTell(t *testing.T) {
 			a.AnswerGET(403, `{"kind":"Status","code":403,"message":"pods \"web\" is forbidden: User \"system:node:node-a\" cannot get resource \"pods\": no relationship found between node 'node-a' and this object"}`)
 		}, `GET /api/v1/namespaces/default/pods/web: 403 Forbidden: pods "web" is forbidden: User "system:node:node-a" cannot get resource "pods": no relationship found`},
 		{"GET 500", func(a *podwatchtest.Server) { a.AnswerGET(500, "etcdserver: request timed out") }, "500 Internal Server Error: etcdserver: request timed out"},
+		{"mirror of a static pod", func(a *podwatchtest.Server) {
+			a.SetPodMeta("uid", "uid-of-the-mirror")
+			a.SetPodMeta("annotations", map[string]string{"kubernetes.io/config.mirror": "uid-1"})
+		}, "pod default/web is the mirror of a static pod (kubernetes.io/config.mirror: uid-1)"},
 		{"watch 403", func(a *podwatchtest.Server) { a.ForbidWatch() }, `watch /api/v1/namespaces/default/pods: 403 Forbidden: pods is forbidden`},
 		{"unreachable", func(a *podwatchtest.Server) { a.Conf.Server = unreachable() }, "connection refused"},
 	}

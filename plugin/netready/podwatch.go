@@ -18,6 +18,10 @@ import (
 // it is for the people and scripts reading the event and the log.
 const CodePodDeleted = 100
 
+// configSource is the annotation the kubelet sets on every pod it runs ("api", "file",
+// "http"), which reaches netready through the pod-annotations capability.
+const configSource = "kubernetes.io/config.source"
+
 // podWatcher asks the API server, while an ADD waits, whether its pod was
 // deleted; see pkg/podwatch.
 type podWatcher struct {
@@ -36,6 +40,11 @@ func watchPod(ctx context.Context, cancel context.CancelCauseFunc, w *config.Pod
 	pw := &podWatcher{}
 	if w == nil || pod.Namespace == "" || pod.Name == "" {
 		return pw // not a Kubernetes pod, or no podWatch configured
+	}
+	if src := pod.Annotations[configSource]; src != "" && src != "api" {
+		// A static pod (from a file or URL on the node): the API server holds only its
+		// mirror, whose UID differs and whose deletion does not delete the pod.
+		return pw
 	}
 	go func() {
 		t := time.NewTimer(time.Until(start.Add(w.After)))

@@ -115,8 +115,8 @@ func TestWatchPodNeverHurts(t *testing.T) {
 }
 
 // TestWatchPodQuietWhenQuick: a pod ready before podWatch.after (the ready
-// path), a pod outside Kubernetes and a config without podWatch never
-// contact the API server.
+// path), a pod outside Kubernetes, a static pod and a config without
+// podWatch never contact the API server.
 func TestWatchPodQuietWhenQuick(t *testing.T) {
 	a := podwatchtest.New(t)
 	a.Conf.After = 300 * time.Millisecond
@@ -129,6 +129,8 @@ func TestWatchPodQuietWhenQuick(t *testing.T) {
 		{"ready before after", &a.Conf, webPod, 100 * time.Millisecond},
 		{"no pod names", &a.Conf, config.Pod{}, 600 * time.Millisecond},
 		{"no podWatch", nil, webPod, 600 * time.Millisecond},
+		{"static pod", &a.Conf, config.Pod{Namespace: "default", Name: "web", UID: "uid-1",
+			Annotations: map[string]string{"kubernetes.io/config.source": "file"}}, 600 * time.Millisecond},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			runWatch(t, tt.w, tt.pod, tt.budget)
