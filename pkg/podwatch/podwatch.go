@@ -154,7 +154,7 @@ func New(w config.PodWatch) (*Client, error) {
 	}
 	dialer := &net.Dialer{Timeout: dialTimeout}
 	tr := &http.Transport{
-		Proxy:                 nil, // the API server is the node's own: a runtime's HTTP_PROXY must not take the pod's identity elsewhere
+		Proxy:                 nil, // the API server is the node's own: a runtime's HTTP_PROXY must not carry the node's certificate elsewhere
 		DialContext:           dialer.DialContext,
 		TLSClientConfig:       &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:   dialTimeout,
