@@ -72,6 +72,12 @@ func equalDurations(a, b []time.Duration) bool {
 	return true
 }
 
+// from is a Watch that hands the gate w: with no FirstRound, from the
+// start.
+func from(w Wakeups) func(context.Context, context.CancelCauseFunc) (Wakeups, error) {
+	return func(context.Context, context.CancelCauseFunc) (Wakeups, error) { return w, nil }
+}
+
 // hang waits for the attempt to be closed, as a dropped SYN does.
 func hang(ctx context.Context) error {
 	<-ctx.Done()
@@ -196,7 +202,7 @@ func TestNodeEventTriggersImmediateAttempt(t *testing.T) {
 			events <- struct{}{}
 		}()
 		rep := Run(t.Context(), []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
-			Options{NodeChanged: events})
+			Options{Watch: from(Wakeups{NodeChanged: events})})
 		if got := rep.Conditions[0].After; !rep.Ready() || got != 1005*time.Millisecond {
 			t.Fatalf("ready after %v, want at the event (1.005s)", got)
 		}
@@ -220,7 +226,7 @@ func TestEventStormIsRateLimited(t *testing.T) {
 			}
 		}()
 		rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
-			Options{NodeChanged: events})
+			Options{Watch: from(Wakeups{NodeChanged: events})})
 		// The schedule alone makes 4 + 24 attempts in 1s; a storm of 100
 		// events at one instant may add at most the burst.
 		if got := rep.Conditions[0].Attempts; got > 28+eventBurst {
@@ -249,7 +255,7 @@ func TestLocalConditionsFollowPodEvents(t *testing.T) {
 			pod <- struct{}{}
 		}()
 		rep := Run(t.Context(), []Condition{{Name: "route to 10.0.0.5", Kind: Local, Check: route}},
-			Options{PodChanged: pod, NodeChanged: node})
+			Options{Watch: from(Wakeups{PodChanged: pod, NodeChanged: node})})
 		if !rep.Ready() || rep.Conditions[0].After != 400*time.Millisecond {
 			t.Fatalf("ready=%v after %v, want ready at the pod event (400ms)", rep.Ready(), rep.Conditions[0].After)
 		}
@@ -280,7 +286,7 @@ func TestLocalConditionCanRegress(t *testing.T) {
 		rep := Run(ctx, []Condition{
 			{Name: "link eth0", Kind: Local, Check: link},
 			{Name: "icmp://10.0.0.1", Kind: Active, Check: hang},
-		}, Options{PodChanged: events})
+		}, Options{Watch: from(Wakeups{PodChanged: events})})
 		if rep.Ready() || rep.Conditions[0].Ready {
 			t.Fatalf("link reported ready after it went down: %s", rep.Summary())
 		}
@@ -309,7 +315,7 @@ func TestPermanentErrorStopsAtOnce(t *testing.T) {
 				return nil
 			}},
 			{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check},
-		}, Options{PodChanged: events})
+		}, Options{Watch: from(Wakeups{PodChanged: events})})
 		if !errors.Is(rep.Err, gone) || rep.Waited != 50*time.Millisecond || rep.Ready() {
 			t.Fatalf("Err=%v after %v, want %v at the event (50ms)", rep.Err, rep.Waited, gone)
 		}

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
 )
 
 var seq atomic.Int32
@@ -42,7 +44,12 @@ func run(t *testing.T, args ...string) {
 
 func open(t *testing.T, name string) *NetNS {
 	t.Helper()
-	n, err := Open("/var/run/netns/" + name)
+	nsh, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsh.Close()
+	n, err := OpenAt(nsh)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,15 +128,15 @@ func TestRoutes(t *testing.T) {
 	}
 	links, err := n.Links()
 	if err != nil || len(links) != 1 || links[0].Name != "eth0" || len(links[0].Addrs) != 1 ||
-		links[0].Addrs[0] != netip.MustParsePrefix("10.99.0.2/24") {
-		t.Errorf("Links()=%v, %v; want eth0 with 10.99.0.2/24", links, err)
+		links[0].Addrs[0] != netip.MustParseAddr("10.99.0.2") {
+		t.Errorf("Links()=%v, %v; want eth0 with 10.99.0.2", links, err)
 	}
 }
 
 func TestWatchNetNSWakesOnRouteChange(t *testing.T) {
 	pod, _ := testNetNS(t)
 	notify := make(chan struct{}, 1)
-	w, err := WatchNetNS("/var/run/netns/"+pod, notify)
+	w, err := WatchNetNS(sockets{t, pod}, notify)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/netready/netready/pkg/config"
-	"github.com/netready/netready/pkg/gate"
+	"github.com/netready/netready/pkg/podns"
 )
 
 // testPod makes a pod netns whose eth0 (10.99.0.2/24, fd99::2/64) leads to
@@ -102,8 +102,8 @@ func TestRunStopsWhenTheNetNSIsRemoved(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !errors.Is(rep.Err, ErrNetNSRemoved) {
-		t.Fatalf("Err = %v, want %v", rep.Err, ErrNetNSRemoved)
+	if !errors.Is(rep.Err, podns.ErrRemoved) {
+		t.Fatalf("Err = %v, want %v", rep.Err, podns.ErrRemoved)
 	}
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("took %v to notice the netns was removed, want well under 2s", took)
@@ -197,33 +197,4 @@ func countThreads(t *testing.T) int {
 	}
 	t.Fatal("no Threads: line in /proc/self/status")
 	return 0
-}
-
-func TestMergeReportsOneRun(t *testing.T) {
-	t0 := time.Now()
-	boom := errors.New("no answer")
-	quick := &gate.Report{Start: t0, Waited: 20 * time.Millisecond, Conditions: []gate.Status{
-		{Name: "link eth0", Ready: true, After: time.Millisecond, Attempts: 1},
-		{Name: "tcp://10.0.0.5:5432", Attempts: 2, LastErr: boom},
-		{Name: "icmp://10.0.0.6", Attempts: 2, LastErr: boom},
-	}}
-	full := &gate.Report{Start: t0.Add(21 * time.Millisecond), Waited: 100 * time.Millisecond, Conditions: []gate.Status{
-		{Name: "link eth0", Ready: true, After: 0, Attempts: 1},
-		{Name: "tcp://10.0.0.5:5432", Ready: true, After: 90 * time.Millisecond, Attempts: 7},
-		{Name: "icmp://10.0.0.6", Attempts: 9},
-	}}
-	got := merge(quick, full)
-	if got.Start != t0 || got.Waited != 121*time.Millisecond {
-		t.Errorf("Start %v Waited %v, want the quick round's start and 121ms", got.Start.Sub(t0), got.Waited)
-	}
-	want := []gate.Status{
-		{Name: "link eth0", Ready: true, After: time.Millisecond, Attempts: 2},
-		{Name: "tcp://10.0.0.5:5432", Ready: true, After: 111 * time.Millisecond, Attempts: 9},
-		{Name: "icmp://10.0.0.6", Attempts: 11, LastErr: boom},
-	}
-	for i, w := range want {
-		if c := got.Conditions[i]; c != w {
-			t.Errorf("condition %d = %+v, want %+v", i, c, w)
-		}
-	}
 }

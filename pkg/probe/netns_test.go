@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/netready/netready/pkg/config"
+	"github.com/netready/netready/pkg/podns"
 )
 
 // The test topology: a pod netns and a peer netns joined by a veth pair, and
@@ -63,10 +64,10 @@ func addNetNS(t *testing.T) (name, path string) {
 	return name, "/run/netns/" + name
 }
 
-// openNetNS is OpenNetNS, closed when the test ends.
-func openNetNS(t *testing.T, path string) *NetNS {
+// openNetNS is podns.Open, closed when the test ends.
+func openNetNS(t *testing.T, path string) *podns.NetNS {
 	t.Helper()
-	n, err := OpenNetNS(path)
+	n, err := podns.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,53 +253,6 @@ func TestICMPLoopback(t *testing.T) {
 		t.Run(f.name, func(t *testing.T) {
 			check{probe: icmpProbe(f.lo)}.run(t, localSockets{})
 			attemptConcurrently(t, icmpProbe(f.lo), localSockets{}, 8, 8)
-		})
-	}
-}
-
-// BenchmarkNetNSSocket measures what entering the pod netns adds to an attempt.
-func BenchmarkNetNSSocket(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root: enters a network namespace")
-	}
-	n, err := OpenNetNS("/proc/self/ns/net")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer n.Close()
-	for b.Loop() {
-		fd, err := n.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-		if err != nil {
-			b.Fatal(err)
-		}
-		syscall.Close(fd)
-	}
-}
-
-// TestIsBadNetNS: what OpenNetNS says of a missing path or a file that is no
-// netns is the runtime's bad netns; other errors are not.
-func TestIsBadNetNS(t *testing.T) {
-	file := t.TempDir() + "/not-a-netns"
-	if err := os.WriteFile(file, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	_, missing := OpenNetNS(t.TempDir() + "/gone")
-	_, notNS := OpenNetNS(file)
-	for _, tc := range []struct {
-		name string
-		err  error
-		want bool
-	}{
-		{"missing path", missing, true},
-		{"regular file", notNS, true},
-		{"wrapped", fmt.Errorf("podcheck: %w", missing), true},
-		{"netlink failure", fmt.Errorf("netlink: %w", syscall.ENOBUFS), false},
-		{"nil", nil, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := IsBadNetNS(tc.err); got != tc.want {
-				t.Errorf("IsBadNetNS(%v) = %v, want %v", tc.err, got, tc.want)
-			}
 		})
 	}
 }

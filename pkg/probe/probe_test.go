@@ -7,14 +7,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/netready/netready/pkg/config"
@@ -273,52 +271,6 @@ func TestNewErrors(t *testing.T) {
 				t.Fatalf("New: %v, want an error containing %q", err, c.wantErr)
 			}
 		})
-	}
-}
-
-func TestOpenNetNSErrors(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "file")
-	if err := os.WriteFile(file, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []struct {
-		name    string
-		path    string
-		wantErr string
-		as      any
-	}{
-		{"missing", filepath.Join(t.TempDir(), "missing"), "does not exist", &ns.NSPathNotExistErr{}},
-		{"regular file", file, "is not a network namespace", &ns.NSPathNotNSErr{}},
-		{"directory", t.TempDir(), "is not a network namespace", &ns.NSPathNotNSErr{}},
-		{"procfs file", "/proc/self/status", "is not a network namespace", &ns.NSPathNotNSErr{}},
-		{"mount namespace", "/proc/self/ns/mnt", "is not a network namespace", &ns.NSPathNotNSErr{}},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			n, err := OpenNetNS(c.path)
-			if err == nil {
-				n.Close()
-				t.Fatalf("OpenNetNS(%s) succeeded", c.path)
-			}
-			if want := "netns " + c.path + " " + c.wantErr; err.Error() != want {
-				t.Errorf("OpenNetNS: %q, want %q", err, want)
-			}
-			if !errors.As(err, c.as) {
-				t.Errorf("OpenNetNS: %v is not a %T", err, c.as)
-			}
-		})
-	}
-}
-
-func TestNetNSClosed(t *testing.T) {
-	n, err := OpenNetNS("/proc/self/ns/net")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0); !errors.Is(err, net.ErrClosed) {
-		t.Fatalf("Socket after Close: %v, want net.ErrClosed", err)
 	}
 }
 

@@ -14,14 +14,12 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/containernetworking/cni/pkg/skel"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/types/create"
 
 	"github.com/netready/netready/internal/logrec"
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
-	"github.com/netready/netready/pkg/netstate"
 	"github.com/netready/netready/pkg/podcheck"
 )
 
@@ -220,7 +218,7 @@ func cliSpec(path, podName string, ann annotations) (config.Spec, error) {
 // cliPod is the pod as prevResult describes it, or as its netns shows it.
 func cliPod(netnsPath, prevPath string) (podcheck.Pod, error) {
 	if prevPath == "" {
-		return podFromNetNS(netnsPath)
+		return podcheck.PodFromNetNS(netnsPath)
 	}
 	data, err := os.ReadFile(prevPath)
 	if err != nil {
@@ -236,31 +234,7 @@ func cliPod(netnsPath, prevPath string) (podcheck.Pod, error) {
 	}
 	// The runtime's name for the pod's interface is eth0 (CNI_IFNAME), used
 	// for results too old to say which interface an address is on.
-	return podFromResult(&skel.CmdArgs{Netns: netnsPath, IfName: "eth0"}, prev)
-}
-
-// podFromNetNS stands in for prevResult: the netns's own links, addresses
-// and default gateways.
-func podFromNetNS(path string) (podcheck.Pod, error) {
-	view, err := netstate.Open(path)
-	if err != nil {
-		return podcheck.Pod{}, err
-	}
-	defer view.Close()
-	links, err := view.Links()
-	if err != nil {
-		return podcheck.Pod{}, err
-	}
-	pod := podcheck.Pod{NetNS: path}
-	for _, l := range links {
-		lk := podcheck.Link{Name: l.Name}
-		for _, a := range l.Addrs {
-			lk.Addrs = append(lk.Addrs, a.Addr())
-		}
-		pod.Links = append(pod.Links, lk)
-	}
-	pod.Gateways, err = view.Gateways()
-	return pod, err
+	return podcheck.PodFromResult(netnsPath, "eth0", prev)
 }
 
 func cliExplain(args []string, stdout, stderr io.Writer) int {

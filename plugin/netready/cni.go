@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/netip"
 	"os/signal"
 	"syscall"
 	"time"
@@ -20,7 +19,7 @@ import (
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
 	"github.com/netready/netready/pkg/podcheck"
-	"github.com/netready/netready/pkg/probe"
+	"github.com/netready/netready/pkg/podns"
 )
 
 // checkBudget caps CHECK: the runtime asks whether the network still works,
@@ -142,7 +141,7 @@ func parse(stdin []byte) (*config.Conf, *current.Result, error) {
 // gate waits until the pod's network works or budget (counted from the
 // plugin's start) runs out.
 func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *current.Result, budget time.Duration) error {
-	pod, err := podFromResult(args, prev)
+	pod, err := podcheck.PodFromResult(args.Netns, args.IfName, prev)
 	if err != nil {
 		return err
 	}
@@ -162,7 +161,7 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *c
 
 	report, err := podcheck.Run(ctx, spec, pod)
 	switch {
-	case probe.IsBadNetNS(err):
+	case podns.IsBadNetNS(err):
 		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS: "+err.Error(), "")
 	case err != nil:
 		// Netlink, sockets, watchers: trouble on this node, not a bad
@@ -192,55 +191,6 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *c
 	}
 	rec.outcome = logrec.Timeout
 	return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod network not ready after %v: %s", waited, report.Summary()), details(report, p.start))
-}
-
-// podFromResult takes the sandbox interfaces, their addresses and gateways
-// from prevResult.
-func podFromResult(args *skel.CmdArgs, prev *current.Result) (podcheck.Pod, error) {
-	pod := podcheck.Pod{NetNS: args.Netns}
-	index := map[int]int{} // prevResult interface index -> pod.Links index
-	for i, iface := range prev.Interfaces {
-		if iface != nil && iface.Sandbox != "" {
-			index[i] = len(pod.Links)
-			pod.Links = append(pod.Links, podcheck.Link{Name: iface.Name})
-		}
-	}
-	for i, ip := range prev.IPs {
-		if ip == nil {
-			continue
-		}
-		addr, ok := netip.AddrFromSlice(ip.Address.IP)
-		if !ok {
-			return pod, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: ips[%d] has no address", i), "")
-		}
-		addr = addr.Unmap()
-		link := -1
-		switch {
-		case ip.Interface != nil && (*ip.Interface < 0 || *ip.Interface >= len(prev.Interfaces)):
-			return pod, types.NewError(types.ErrInvalidNetworkConfig,
-				fmt.Sprintf("prevResult: ips[%d].interface is %d, but there are %d interfaces", i, *ip.Interface, len(prev.Interfaces)), "")
-		case ip.Interface != nil:
-			if l, ok := index[*ip.Interface]; ok {
-				link = l
-			}
-		default:
-			// Old results carry no interface index: the address is on
-			// the interface the runtime asked for.
-			for l, lk := range pod.Links {
-				if lk.Name == args.IfName {
-					link = l
-				}
-			}
-		}
-		if link < 0 {
-			continue // an address on a host-side interface is not the pod's
-		}
-		pod.Links[link].Addrs = append(pod.Links[link].Addrs, addr)
-		if gw, ok := netip.AddrFromSlice(ip.Gateway); ok {
-			pod.Gateways = append(pod.Gateways, gw.Unmap())
-		}
-	}
-	return pod, nil
 }
 
 // details is the report as JSON, for the error's details field.
