@@ -58,7 +58,7 @@ func TestCLICheck(t *testing.T) {
 		// The unreachable target is the one line not ready, tried more than once.
 		{"not ready", []string{"--netns", netns, "--conf", unreachable}, exitNotReady, []string{
 			`(?m)^gateway 10\.99\.0\.1 +yes `, `(?m)^icmp://10\.99\.0\.3 +no +- +([2-9]|\d\d+) `, `(?m)^NOT READY after `}},
-		{"no such netns", []string{"--netns", netns + "-gone", "--conf", conf}, exitCannot, []string{`-gone: no such file or directory`}},
+		{"no such netns", []string{"--netns", netns + "-gone", "--conf", conf}, exitCannot, []string{`netns \S+-gone does not exist`}},
 		{"bad config", []string{"--netns", netns, "--conf", write("bad.json", `{"type":"netready","probe":[]}`)}, exitUsage,
 			[]string{`"probe": unknown field`}},
 	}
