@@ -71,7 +71,8 @@ type Options struct {
 	// (the pod's netns was removed, say), which Report.Err then holds. The
 	// gate evaluates every local condition and tries every pending probe
 	// right after it returns, so no change made before it falls through.
-	// An error ends the gate: Report.Err holds it.
+	// An error ends the gate (Report.Err holds it); Watch has then stopped
+	// whatever it had started.
 	Watch func(ctx context.Context, end context.CancelCauseFunc) (Wakeups, error)
 }
 
@@ -185,8 +186,9 @@ type Report struct {
 	Waited     time.Duration
 	// Err is why the gate stopped before all conditions held: the context was
 	// cancelled (Err is then its cause, which wraps context.Canceled when it
-	// was given none) or a check failed with a Permanent error. It is nil
-	// when all conditions held and when the context's deadline passed.
+	// was given none), Watch's end was called (its cause), Watch failed, or
+	// a check failed with a Permanent error. It is nil when all conditions
+	// held and when the context's deadline passed.
 	Err error
 	// Notes are what the operator should know about how the gate ran, such
 	// as why a probe was not shared with the other ADDs on the node.
