@@ -20,7 +20,7 @@ import (
 
 // testPod makes a pod netns whose eth0 (10.99.0.2/24, fd99::2/64) leads to
 // a peer netns holding the gateway 10.99.0.1, and removes both at the end.
-func testPod(t *testing.T) (pod Pod, podNS, peerNS string) {
+func testPod(t testing.TB) (pod Pod, podNS, peerNS string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces")
@@ -46,14 +46,14 @@ func testPod(t *testing.T) (pod Pod, podNS, peerNS string) {
 	return pod, podNS, peerNS
 }
 
-func run(t *testing.T, args ...string) {
+func run(t testing.TB, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
 	}
 }
 
-func spec(t *testing.T, probes ...string) config.Spec {
+func spec(t testing.TB, probes ...string) config.Spec {
 	t.Helper()
 	s := config.Spec{Gateway: true, DefaultRoute: true, Interval: 10 * time.Millisecond, MaxInterval: 40 * time.Millisecond, AttemptTimeout: time.Second}
 	for _, u := range probes {
@@ -197,4 +197,22 @@ func countThreads(t *testing.T) int {
 	}
 	t.Fatal("no Threads: line in /proc/self/status")
 	return 0
+}
+
+// BenchmarkRunReady is the ready path of an ADD, in process: open the
+// pod's netns, build the conditions, one round of the gate that finds
+// them all met.
+func BenchmarkRunReady(b *testing.B) {
+	pod, _, _ := testPod(b)
+	pod.Links[0].Addrs = pod.Links[0].Addrs[:1] // IPv4 only: ready
+	s := spec(b, "icmp://10.99.0.1", "tcp://10.99.0.1:9?refused=ok")
+	for b.Loop() {
+		rep, err := Run(b.Context(), s, pod)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if !rep.Ready() {
+			b.Fatalf("not ready: %s", rep.Summary())
+		}
+	}
 }
