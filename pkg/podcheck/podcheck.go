@@ -23,8 +23,8 @@ const quickRound = 20 * time.Millisecond
 
 // Run opens the pod's netns and waits, within ctx, until every condition
 // of spec holds. The error is for what prevents gating at all (a missing
-// netns, podns.IsBadNetNS; a netlink or socket failure); unmet conditions are in
-// the report.
+// netns, podns.IsBadNetNS; a netlink or socket failure); unmet conditions
+// are in the report.
 func Run(ctx context.Context, spec config.Spec, pod Pod) (*gate.Report, error) {
 	n, err := podns.Open(pod.NetNS)
 	if err != nil {

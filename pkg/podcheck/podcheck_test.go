@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/netready/netready/pkg/config"
+	"github.com/netready/netready/pkg/gate"
 	"github.com/netready/netready/pkg/podns"
 )
 
@@ -87,6 +88,33 @@ func TestRunReadyPod(t *testing.T) {
 	// The check count depends on how many netlink events the setup caused.
 	if got := rep.Summary(); !strings.HasPrefix(got, "IPv6 default route: no IPv6 default route (") || strings.Contains(got, ";") {
 		t.Errorf("Summary() = %q, want only the missing IPv6 default route", got)
+	}
+}
+
+// TestRunSeesALateRoute: local conditions are read again only on a pod
+// netlink event, so a gate whose watchers (started after the first round)
+// did not reach the pod's netns would never see the route and time out.
+func TestRunSeesALateRoute(t *testing.T) {
+	pod, podNS, _ := testPod(t)
+	pod.Links[0].Addrs = pod.Links[0].Addrs[:1] // IPv4 only
+	run(t, "ip", "-n", podNS, "route", "del", "default")
+	const late = 300 * time.Millisecond
+	go func() {
+		time.Sleep(late)
+		exec.Command("ip", "-n", podNS, "route", "add", "default", "via", "10.99.0.1").Run()
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	rep, err := Run(ctx, spec(t), pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Ready() {
+		t.Fatalf("not ready: %s", rep.Summary())
+	}
+	i := slices.IndexFunc(rep.Conditions, func(s gate.Status) bool { return s.Name == "IPv4 default route" })
+	if c := rep.Conditions[i]; c.After < late || c.After > late+time.Second || c.Attempts < 3 {
+		t.Errorf("default route ready after %v in %d checks, want soon after %v, checked in the first round, after Watch and on the event", c.After, c.Attempts, late)
 	}
 }
 
