@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os/signal"
@@ -20,6 +21,7 @@ import (
 	"github.com/netready/netready/pkg/gate"
 	"github.com/netready/netready/pkg/podcheck"
 	"github.com/netready/netready/pkg/podns"
+	"github.com/netready/netready/pkg/podwatch"
 )
 
 // checkBudget caps CHECK: the runtime asks whether the network still works,
@@ -40,12 +42,12 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		return rec.fail(err)
 	}
 	rec.logFile = conf.LogFile
-	spec, err := resolve(rec, conf, args.Args)
+	pod, spec, err := resolve(rec, conf, args.Args)
 	if err != nil {
 		return rec.fail(err)
 	}
 	if !spec.Skipped {
-		if err := p.gate(rec, args, spec, prev, spec.Timeout); err != nil {
+		if err := p.gate(rec, args, spec, prev, spec.Timeout, conf.PodWatch, pod); err != nil {
 			return rec.fail(err)
 		}
 	} else {
@@ -65,7 +67,7 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 		return rec.fail(err)
 	}
 	rec.logFile = conf.LogFile
-	spec, err := resolve(rec, conf, args.Args)
+	_, spec, err := resolve(rec, conf, args.Args)
 	if err != nil {
 		return rec.fail(err)
 	}
@@ -73,7 +75,8 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 		rec.outcome, rec.reason = logrec.Skipped, spec.SkipReason
 		return nil
 	}
-	return rec.fail(p.gate(rec, args, spec, prev, min(spec.Timeout, checkBudget)))
+	// No podWatch: CHECK's budget is shorter than the watch's start.
+	return rec.fail(p.gate(rec, args, spec, prev, min(spec.Timeout, checkBudget), nil, config.Pod{}))
 }
 
 // del always succeeds: netready created nothing, so there is nothing to
@@ -107,15 +110,15 @@ func (p *plugin) gc(args *skel.CmdArgs) error {
 }
 
 // resolve works out the pod's spec from CNI_ARGS and its annotations.
-func resolve(rec *record, conf *config.Conf, cniArgs string) (config.Spec, error) {
+func resolve(rec *record, conf *config.Conf, cniArgs string) (config.Pod, config.Spec, error) {
 	pod, err := conf.Pod(cniArgs)
 	if err != nil {
-		return config.Spec{}, err
+		return pod, config.Spec{}, err
 	}
 	rec.setPod(pod)
 	spec, err := conf.Resolve(pod)
 	rec.spec = &spec
-	return spec, err
+	return pod, spec, err
 }
 
 // parse reads the plugin object and the previous plugin's result.
@@ -139,8 +142,10 @@ func parse(stdin []byte) (*config.Conf, *current.Result, error) {
 }
 
 // gate waits until the pod's network works or budget (counted from the
-// plugin's start) runs out.
-func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *current.Result, budget time.Duration) error {
+// plugin's start) runs out, or, with podWatch, until the API server says
+// the pod (k8sPod) is gone.
+func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *current.Result, budget time.Duration,
+	pw *config.PodWatch, k8sPod config.Pod) error {
 	pod, err := podcheck.PodFromResult(args.Netns, args.IfName, prev)
 	if err != nil {
 		return err
@@ -158,8 +163,14 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *c
 	// deadline): end the wait and answer rather than die mid-sentence.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	ctx, cancelGone := context.WithCancelCause(ctx)
+	defer cancelGone(nil)
+	watch := watchPod(ctx, cancelGone, pw, k8sPod, p.start)
 
 	report, err := podcheck.Run(ctx, spec, pod)
+	if note := watch.Note(); note != "" && report != nil {
+		report.Notes = append(report.Notes, note)
+	}
 	switch {
 	case podns.IsBadNetNS(err):
 		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS: "+err.Error(), "")
@@ -170,6 +181,7 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *c
 	}
 	rec.report = report
 	waited := time.Since(p.start).Round(time.Millisecond)
+	var gone *podwatch.Gone
 	switch {
 	case report.Ready():
 		rec.outcome = logrec.Ready
@@ -180,6 +192,12 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *c
 		rec.outcome = logrec.Failed
 		return types.NewError(types.ErrTryAgainLater,
 			fmt.Sprintf("pod network cannot become ready (after %v): %s", waited, report.Summary()), details(report, p.start))
+	case errors.As(report.Err, &gone):
+		// Neither the kubelet nor containerd stops an ADD whose pod was
+		// deleted: without this the pod would linger until the timeout.
+		rec.outcome = logrec.PodDeleted
+		return types.NewError(CodePodDeleted,
+			fmt.Sprintf("stopped waiting after %v: %v; its sandbox is no longer wanted; unmet: %s", waited, gone, report.Summary()), details(report, p.start))
 	case report.Err != nil:
 		// A signal from the runtime, the netns removed under us.
 		rec.outcome = logrec.Interrupted
