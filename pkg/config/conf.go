@@ -77,9 +77,9 @@ var (
 		OnTimeout:      Fail,
 		Gateway:        true,
 		DefaultRoute:   true,
-		Interval:       10 * time.Millisecond,
-		MaxInterval:    40 * time.Millisecond,
-		AttemptTimeout: time.Second,
+		Interval:       DefaultInterval,
+		MaxInterval:    DefaultMaxInterval,
+		AttemptTimeout: DefaultAttemptTimeout,
 	}
 	defaultAnnotations = AnnotationPolicy{Allow: true, MaxTimeout: 2 * DefaultTimeout, MaxProbes: 8}
 )
@@ -168,9 +168,6 @@ func Parse(stdin []byte) (*Conf, error) {
 			d.errorf("interval", `%s is more than "maxInterval" %s: attempts start at interval and back off to maxInterval`, b.Interval, b.MaxInterval)
 		}
 	}
-	// An attempt never outlives the whole wait: a short timeout (set here,
-	// by a rule or by an annotation) shortens the attempts too.
-	b.AttemptTimeout = min(b.AttemptTimeout, b.Timeout)
 	if err := d.err("netready config: "); err != nil {
 		return nil, err
 	}

@@ -69,6 +69,14 @@ func (c *Conf) Pod(cniArgs string) (Pod, error) {
 // at fault, its value and the cap it broke; the conflist itself was checked
 // by Parse. The returned spec owns its Probes.
 func (c *Conf) Resolve(pod Pod) (Spec, error) {
+	s, err := c.resolve(pod)
+	// An attempt never outlives the whole wait: a short timeout (in the
+	// conflist, a rule or an annotation) shortens the attempts too.
+	s.AttemptTimeout = min(s.AttemptTimeout, s.Timeout)
+	return s, err
+}
+
+func (c *Conf) resolve(pod Pod) (Spec, error) {
 	s := c.Base
 	if field, entry, ok := c.Skip.match(pod); ok {
 		s.Probes = slices.Clone(s.Probes)
@@ -95,7 +103,6 @@ func (c *Conf) Resolve(pod Pod) (Spec, error) {
 			}
 		}
 	}
-	s.AttemptTimeout = min(s.AttemptTimeout, s.Timeout)
 	return s, nil
 }
 
