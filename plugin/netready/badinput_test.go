@@ -130,20 +130,20 @@ func TestBadInput(t *testing.T) {
 		{name: "prevResult missing", stdin: field("prevResult", nil), code: 7, msg: "no prevResult in its config; put it last in the plugins list"},
 		{name: "CHECK prevResult missing", verb: "CHECK", stdin: field("prevResult", nil), code: 7, msg: "no prevResult"},
 		{name: "prevResult a string", stdin: field("prevResult", "10.42.0.5/24"), code: 7, msg: `"prevResult": want an object, got the string`},
-		{name: "prevResult ips not a list", stdin: withPrev(func(p map[string]any) { p["ips"] = "10.42.0.5/24" }), code: 6, msg: "prevResult: "},
+		{name: "prevResult ips not a list", stdin: withPrev(func(p map[string]any) { p["ips"] = "10.42.0.5/24" }), code: 6, msg: "prevResult (the result of the plugin before netready in conflist \"cbr0\", passed on by the runtime) is not usable: ", msg2: "check that plugin"},
 		{name: "prevResult address malformed", stdin: withPrev(func(p map[string]any) {
 			p["ips"] = []any{map[string]any{"address": "10.42.0.300/24", "interface": 2}}
-		}), code: 6, msg: "prevResult: "},
+		}), code: 6, msg: "prevResult (the result of the plugin before netready in conflist \"cbr0\", passed on by the runtime) is not usable: ", msg2: "check that plugin"},
 		{name: "prevResult address missing", stdin: withPrev(func(p map[string]any) {
 			p["ips"] = []any{map[string]any{"gateway": "10.42.0.1", "interface": 2}}
-		}), code: 6, msg: "prevResult: ips[0] has no address"},
-		{name: "prevResult interfaces not a list", stdin: withPrev(func(p map[string]any) { p["interfaces"] = 3 }), code: 6, msg: "prevResult: "},
+		}), code: 6, msg: "prevResult (the result of the plugin before netready in conflist \"cbr0\", passed on by the runtime) is not usable: ips[0] has no address"},
+		{name: "prevResult interfaces not a list", stdin: withPrev(func(p map[string]any) { p["interfaces"] = 3 }), code: 6, msg: "prevResult (the result of the plugin before netready in conflist \"cbr0\", passed on by the runtime) is not usable: ", msg2: "check that plugin"},
 		{name: "prevResult interface index out of range", stdin: withPrev(func(p map[string]any) {
 			p["ips"] = []any{map[string]any{"address": "10.42.0.5/24", "interface": 7}}
-		}), code: 7, msg: "prevResult: ips[0].interface is 7, but there are 3 interfaces"},
+		}), code: 7, msg: "prevResult (the result of the plugin before netready in conflist \"cbr0\", passed on by the runtime) is not usable: ips[0].interface is 7, but there are 3 interfaces"},
 		{name: "prevResult interface index negative", stdin: withPrev(func(p map[string]any) {
 			p["ips"] = []any{map[string]any{"address": "10.42.0.5/24", "interface": -1}}
-		}), code: 7, msg: "prevResult: ips[0].interface is -1"},
+		}), code: 7, msg: "prevResult (the result of the plugin before netready in conflist \"cbr0\", passed on by the runtime) is not usable: ips[0].interface is -1"},
 		{name: "prevResult no IPs, no netns", stdin: withPrev(func(p map[string]any) { delete(p, "ips") }),
 			code: 8, msg: "CNI_NETNS: netns " + noNetns + " does not exist"},
 		{name: "prevResult no IPs, an empty netns, nothing to wait for", env: map[string]string{"CNI_NETNS": pod},
@@ -158,6 +158,21 @@ func TestBadInput(t *testing.T) {
 				c["probes"] = []string{}
 				c["prevResult"] = prevResult(pod, func(p map[string]any) { delete(p, "ips"); delete(p, "routes") })
 			}), code: 11, msg: "link eth0", root: "needs a real pod netns", slow: true},
+		// The netns has no route: the probe fails locally, sending nothing.
+		{name: "timeout says how to reproduce", env: map[string]string{"CNI_NETNS": pod},
+			stdin: conf(func(c map[string]any) {
+				c["timeout"] = "300ms"
+				c["probes"] = []string{"tcp://192.0.2.1:80"}
+				c["prevResult"] = map[string]any{"cniVersion": "1.0.0"}
+			}), code: 11, msg: "pod network not ready after 3",
+			msg2: "tcp://192.0.2.1:80: network is unreachable (", root: "needs a real pod netns", slow: true},
+		{name: "timeout names the netns and the network", env: map[string]string{"CNI_NETNS": pod},
+			stdin: conf(func(c map[string]any) {
+				c["timeout"] = "300ms"
+				c["probes"] = []string{"tcp://192.0.2.1:80"}
+				c["prevResult"] = map[string]any{"cniVersion": "1.0.0"}
+			}), code: 11, msg: "; to reproduce while the sandbox exists: netready check --netns " + pod + " --conf CONFLIST",
+			msg2: `(CONFLIST: the conflist named "cbr0" in the runtime's CNI conf dir`, root: "needs a real pod netns", slow: true},
 
 		// the config
 		{name: "config unknown field", stdin: field("probe", []string{"icmp://10.0.0.1"}), code: 7, msg: `"probe": unknown field; did you mean "probes"?`},

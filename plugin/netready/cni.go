@@ -46,7 +46,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		return rec.fail(err)
 	}
 	if !spec.Skipped {
-		if err := p.gate(rec, args, spec, prev, spec.Timeout); err != nil {
+		if err := p.gate(rec, args, conf.Name, spec, prev, spec.Timeout); err != nil {
 			return rec.fail(err)
 		}
 	} else {
@@ -74,7 +74,7 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 		rec.outcome, rec.reason = logrec.Skipped, spec.SkipReason
 		return nil
 	}
-	return rec.fail(p.gate(rec, args, spec, prev, min(spec.Timeout, checkBudget)))
+	return rec.fail(p.gate(rec, args, conf.Name, spec, prev, min(spec.Timeout, checkBudget)))
 }
 
 // del always succeeds: netready created nothing, so there is nothing to
@@ -130,21 +130,21 @@ func parse(stdin []byte) (*config.Conf, *current.Result, error) {
 			"netready must be chained after the plugin that creates the pod's interface: no prevResult in its config; put it last in the plugins list", "")
 	}
 	if err := cniversion.ParsePrevResult(&conf.NetConf); err != nil {
-		return nil, nil, types.NewError(types.ErrDecodingFailure, "prevResult: "+err.Error(), "")
+		return nil, nil, prevResultError(conf.Name, types.NewError(types.ErrDecodingFailure, err.Error(), ""))
 	}
 	prev, err := current.NewResultFromResult(conf.PrevResult)
 	if err != nil {
-		return nil, nil, types.NewError(types.ErrDecodingFailure, "prevResult: "+err.Error(), "")
+		return nil, nil, prevResultError(conf.Name, types.NewError(types.ErrDecodingFailure, err.Error(), ""))
 	}
 	return conf, prev, nil
 }
 
 // gate waits until the pod's network works or budget (counted from the
-// plugin's start) runs out.
-func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *current.Result, budget time.Duration) error {
+// plugin's start) runs out. network is the conflist's name, for messages.
+func (p *plugin) gate(rec *record, args *skel.CmdArgs, network string, spec config.Spec, prev *current.Result, budget time.Duration) error {
 	pod, err := podFromResult(args, prev)
 	if err != nil {
-		return err
+		return prevResultError(network, err)
 	}
 	// Gating the plugin's own netns would probe from the node itself.
 	if own, cerr := cnins.CheckNetNS(args.Netns); cerr != nil {
@@ -191,7 +191,9 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *c
 		return nil
 	}
 	rec.outcome = logrec.Timeout
-	return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod network not ready after %v: %s", waited, report.Summary()), details(report, p.start))
+	return types.NewError(types.ErrTryAgainLater,
+		fmt.Sprintf("pod network not ready after %v: %s; %s", waited, report.Summary(), reproduce(args.Netns, network, rec.pod)),
+		details(report, p.start))
 }
 
 // podFromResult takes the sandbox interfaces, their addresses and gateways
