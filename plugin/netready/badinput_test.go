@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/netready/netready/internal/testns"
 )
 
 // TestBadInput runs the built binary as a runtime would (env and stdin) with input that is
@@ -35,8 +37,8 @@ func TestBadInput(t *testing.T) {
 	// a row that got past parsing by mistake could not probe from the machine itself.
 	var runner, pod string // netns paths; empty when not root
 	if root {
-		runner = addNetns(t, fmt.Sprintf("nr-%d-badinput-run", os.Getpid()))
-		pod = addNetns(t, fmt.Sprintf("nr-%d-badinput-pod", os.Getpid()))
+		_, runner = testns.New(t, "badinput-run")
+		_, pod = testns.New(t, "badinput-pod")
 	}
 	dir := t.TempDir()
 	noNetns := filepath.Join(dir, "no-such-netns")
@@ -549,18 +551,4 @@ func buildNetready(t *testing.T) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
-}
-
-// addNetns makes a named netns, removed when the test ends (also when it fails).
-func addNetns(t *testing.T, name string) string {
-	t.Helper()
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns delete %s: %v: %s", name, err, out)
-		}
-	})
-	return "/var/run/netns/" + name
 }

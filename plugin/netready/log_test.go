@@ -4,13 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/netready/netready/internal/logrec"
+
+	"github.com/netready/netready/internal/testns"
 )
 
 // TestLogLines runs the built binary as a runtime would and reads the log it leaves: every
@@ -21,7 +22,7 @@ func TestLogLines(t *testing.T) {
 	bin := buildNetready(t)
 	var runner string // as root, rows run in a netns of their own, never in the root netns
 	if os.Geteuid() == 0 {
-		runner = addNetns(t, fmt.Sprintf("nr-%d-loglines", os.Getpid()))
+		_, runner = testns.New(t, "loglines")
 	}
 	dir := t.TempDir()
 	noNetns := filepath.Join(dir, "no-such-netns")
