@@ -8,7 +8,6 @@ import (
 	"maps"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -420,11 +419,12 @@ func TestNetreadyDel(t *testing.T) {
 
 	t.Run("binary without netns or prevResult", func(t *testing.T) {
 		id := "0123456789abcdef0123456789abcdef"
-		stdout, stderr, err := execNetready(b, []string{
-			"CNI_COMMAND=DEL", "CNI_CONTAINERID=" + id, "CNI_IFNAME=eth0", "CNI_PATH=" + b.BinDir,
-		}, []byte(`{"cniVersion":"1.0.0","name":"cbr0","type":"netready","logFile":`+quote(logFile)+`}`))
-		if err != nil {
-			t.Fatalf("DEL: %v\nstdout %s\nstderr %s", err, stdout, stderr)
+		r, err := b.ExecNetready(ctx, map[string]string{
+			"CNI_COMMAND": "DEL", "CNI_CONTAINERID": id, "CNI_IFNAME": "eth0", "CNI_PATH": b.BinDir,
+		}, []byte(`{"cniVersion":"1.0.0","name":"cbr0","type":"netready","logFile":`+quote(logFile)+`}`), nil)
+		stdout := r.Stdout
+		if err != nil || r.Exit != 0 {
+			t.Fatalf("DEL: %v, exit %d\nstdout %s\nstderr %s", err, r.Exit, stdout, r.Stderr)
 		}
 		if len(stdout) != 0 {
 			t.Errorf("DEL printed %q, want nothing", stdout)
@@ -469,9 +469,10 @@ func TestNetreadyVersionStatusGC(t *testing.T) {
 	b := netreadyBed(t, false)
 
 	t.Run("VERSION", func(t *testing.T) {
-		stdout, stderr, err := execNetready(b, []string{"CNI_COMMAND=VERSION"}, nil)
-		if err != nil {
-			t.Fatalf("VERSION: %v\nstderr %s", err, stderr)
+		r, err := b.ExecNetready(ctx, map[string]string{"CNI_COMMAND": "VERSION"}, nil, nil)
+		stdout := r.Stdout
+		if err != nil || r.Exit != 0 {
+			t.Fatalf("VERSION: %v, exit %d\nstderr %s", err, r.Exit, r.Stderr)
 		}
 		var info struct {
 			CNIVersion        string   `json:"cniVersion"`
@@ -713,18 +714,6 @@ func execLastPlugin(ctx context.Context, b *testbed.Bed, list *libcni.NetworkCon
 		return err
 	})
 	return res, err
-}
-
-// execNetready runs the built netready binary from the node netns with exactly env (and PATH), as
-// a runtime would, and returns what it printed.
-func execNetready(b *testbed.Bed, env []string, stdin []byte) (stdout, stderr []byte, err error) {
-	cmd := exec.Command(filepath.Join(b.BinDir, testbed.Netready))
-	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, env...)
-	cmd.Stdin = bytes.NewReader(stdin)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err = b.Node.Do(cmd.Run)
-	return out.Bytes(), errOut.Bytes(), err
 }
 
 func toCurrent(t *testing.T, r types.Result) *current.Result {

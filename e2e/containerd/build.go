@@ -2,15 +2,15 @@ package containerd
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/netready/netready/internal/testbin"
 )
 
 // Binary names in a tools dir.
@@ -100,14 +100,8 @@ func BuildTools(dir string) error {
 }
 
 func goBuild(root, dir, cgo string, pkgs ...string) error {
-	args := append([]string{"build", "-trimpath", "-ldflags=-s -w", "-o", dir + string(filepath.Separator)}, pkgs...)
-	cmd := exec.Command("go", args...)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED="+cgo, "GOOS=linux", "GOARCH="+runtime.GOARCH)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s (in %s): %w\n%s", strings.Join(pkgs, " "), root, err, bytes.TrimSpace(out))
-	}
-	return nil
+	env := []string{"CGO_ENABLED=" + cgo, "GOOS=linux", "GOARCH=" + runtime.GOARCH}
+	return testbin.GoBuild(root, dir+string(filepath.Separator), env, []string{"-ldflags=-s -w"}, pkgs...)
 }
 
 func haveTools(dir string) error {

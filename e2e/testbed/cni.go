@@ -8,11 +8,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/netready/netready/internal/testbin"
 )
 
 // k3sPlugins are the plugins of the list K3s writes (10-flannel.conflist), verbatim.
@@ -241,4 +244,18 @@ func randomHex(n int) string {
 func uuid() string {
 	h := randomHex(16)
 	return strings.Join([]string{h[0:8], h[8:12], h[12:16], h[16:20], h[20:32]}, "-")
+}
+
+// ExecNetready runs the bed's netready binary as a runtime does: started from
+// a thread in the node netns, with exactly env (CNI_*; PATH is added) and
+// stdin. started, if not nil, gets the child's pid once it runs. A non-zero
+// exit is in the Result; the error says it could not run or did not end.
+func (b *Bed) ExecNetready(ctx context.Context, env map[string]string, stdin []byte, started func(pid int)) (testbin.Result, error) {
+	return testbin.Run(ctx, testbin.Call{
+		Binary:  filepath.Join(b.BinDir, Netready),
+		Env:     env,
+		Stdin:   stdin,
+		NetNS:   b.Node.Path,
+		Started: started,
+	})
 }
