@@ -149,18 +149,18 @@ func TestOutageShorterThanTimeout(t *testing.T) {
 		n.DeletePod(ctx, ns, p.Name, true)
 	}
 	t.Logf("%d pods: path opened -> netready's ADD returned p50 %.1f ms p99 %.1f ms; -> app started p50 %.1f ms p99 %.1f ms",
-		count, percentile(toADD, 50), percentile(toADD, 99), percentile(toApp, 50), percentile(toApp, 99))
+		count, testbed.Percentile(toADD, 50), testbed.Percentile(toADD, 99), testbed.Percentile(toApp, 50), testbed.Percentile(toApp, 99))
 	figures.Set("open_to_running_ms", map[string]any{
-		"p50": percentile(toApp, 50), "p99": percentile(toApp, 99),
-		"add_return_p50": percentile(toADD, 50), "add_return_p99": percentile(toADD, 99),
+		"p50": testbed.Percentile(toApp, 50), "p99": testbed.Percentile(toApp, 99),
+		"add_return_p50": testbed.Percentile(toADD, 50), "add_return_p99": testbed.Percentile(toADD, 99),
 		"pods": count, "app_start_ms": toApp, "add_return_ms": toADD,
 	})
 	// netready's own part: the ADD returns within a second of the opening (generous: typically
 	// tens of ms). What follows is the kubelet's and containerd's container start.
-	if p99 := percentile(toADD, 99); p99 > 1000 {
+	if p99 := testbed.Percentile(toADD, 99); p99 > 1000 {
 		t.Errorf("netready's ADD returned %.0f ms (p99) after the path opened, want <= 1000 ms", p99)
 	}
-	if p99 := percentile(toApp, 99); p99 > 15000 {
+	if p99 := testbed.Percentile(toApp, 99); p99 > 15000 {
 		t.Errorf("the app started %.0f ms (p99) after the path opened, want <= 15 s", p99)
 	}
 }

@@ -108,17 +108,6 @@ func addLinesIn(t *testing.T, path, pod string) []logLine {
 	return out
 }
 
-// percentile is the nearest-rank percentile p (0-100) of xs.
-func percentile(xs []float64, p float64) float64 {
-	if len(xs) == 0 {
-		return math.NaN()
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	i := int(math.Ceil(p/100*float64(len(s)))) - 1
-	return s[max(0, min(i, len(s)-1))]
-}
-
 func round1(x float64) float64 { return math.Round(x*10) / 10 }
 
 // podName is a valid pod name.
