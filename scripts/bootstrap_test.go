@@ -33,7 +33,7 @@ const (
 )
 
 // k3sLive is the list K3s writes; 1.1.0 so that STATUS reaches netready.
-const k3sLive = `{"name":"cbr0","cniVersion":"1.1.0","plugins":[{"type":"flannel","delegate":{"hairpinMode":true,"forceAddress":true,"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}},{"type":"bandwidth","capabilities":{"bandwidth":true}}]}`
+var k3sLive = string(testbed.K3sConflist("1.1.0"))
 
 // netreadyBin is netready built from this module by TestMain, or $NETREADY_BINARY.
 var netreadyBin string

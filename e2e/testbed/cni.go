@@ -16,22 +16,31 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/netready/netready/internal/testbin"
+
+	"github.com/netready/netready/pkg/install"
 )
 
-// k3sPlugins are the plugins of the list K3s writes (10-flannel.conflist), verbatim.
-const k3sPlugins = `{"type":"flannel","delegate":{"hairpinMode":true,"forceAddress":true,"isDefaultGateway":true}},
- {"type":"portmap","capabilities":{"portMappings":true}},
- {"type":"bandwidth","capabilities":{"bandwidth":true}}`
-
-// K3sConflist returns the chain K3s writes, at cniVersion (K3s writes "1.0.0"; STATUS and GC need
-// "1.1.0", CHECK "0.4.0"), with extra plugin objects (JSON) appended, e.g. netready's.
+// K3sConflist returns the chain K3s writes (install.K3sChain, the repository's one copy), at
+// cniVersion (K3s writes "1.0.0"; STATUS and GC need "1.1.0", CHECK "0.4.0"), with extra plugin
+// objects (JSON) appended, e.g. netready's. It panics on extra that is not JSON: a test's typo.
 func K3sConflist(cniVersion string, extra ...string) []byte {
-	plugins := k3sPlugins
-	for _, e := range extra {
-		plugins += ",\n " + e
+	var list struct {
+		Name       string            `json:"name"`
+		CNIVersion string            `json:"cniVersion"`
+		Plugins    []json.RawMessage `json:"plugins"`
 	}
-	return []byte(`{"name":"cbr0","cniVersion":"` + cniVersion + `","plugins":[
- ` + plugins + `]}`)
+	if err := json.Unmarshal(install.K3sChain, &list); err != nil {
+		panic(err)
+	}
+	list.CNIVersion = cniVersion
+	for _, e := range extra {
+		list.Plugins = append(list.Plugins, json.RawMessage(e))
+	}
+	b, err := json.Marshal(list)
+	if err != nil {
+		panic(fmt.Sprintf("K3sConflist: an extra plugin is not JSON: %v", err))
+	}
+	return b
 }
 
 // ConfList parses a conflist and points its node-local paths into the bed: flannel's subnetFile
