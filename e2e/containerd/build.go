@@ -20,7 +20,7 @@ const (
 	Ctr        = "ctr"
 	Runc       = "runc"
 	Crictl     = "crictl"
-	Pause      = "pause" // the pause image's process (cmd/pause)
+	Pause      = "pause" // the pause image's process (e2e/pause)
 	Probe      = "probe" // the probe image's entrypoint (cmd/probe)
 )
 
@@ -35,7 +35,7 @@ var (
 		"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
 		"github.com/containerd/containerd/v2/cmd/ctr",
 		"sigs.k8s.io/cri-tools/cmd/crictl",
-		modulePath + "/cmd/pause",
+		"github.com/netready/netready/e2e/pause", // shared with the K3s tier
 		modulePath + "/cmd/probe",
 	}
 	cgoPkgs = []string{"github.com/opencontainers/runc"}

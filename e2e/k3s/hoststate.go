@@ -1,7 +1,6 @@
 package k3s
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/netready/netready/e2e/testbed"
 )
 
 // stateFile records, before K3s touches anything, what the host looked like and what was
@@ -152,7 +153,7 @@ func restoreHost(s *hostState) error {
 		mounted = append(mounted, filepath.Join("/run/netns", e))
 	}
 	for _, p := range mounted {
-		if err := unmountUnder(p); err != nil {
+		if err := testbed.UnmountUnder(p); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -328,48 +329,6 @@ func isK3s(pid int) bool {
 		return false
 	}
 	return strings.Contains(filepath.Base(exe), "k3s")
-}
-
-// mountsUnder lists mount points at or below dir, deepest last (mountinfo's order).
-func mountsUnder(dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var mounts []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := strings.ReplaceAll(fields[4], `\040`, " ")
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			mounts = append(mounts, mp)
-		}
-	}
-	return mounts
-}
-
-// unmountUnder unmounts everything at or below dir, deepest first; a busy mount is detached.
-func unmountUnder(dir string) error {
-	for range 10 {
-		mounts := mountsUnder(dir)
-		if len(mounts) == 0 {
-			return nil
-		}
-		for i := len(mounts) - 1; i >= 0; i-- {
-			if err := unix.Unmount(mounts[i], 0); err != nil {
-				unix.Unmount(mounts[i], unix.MNT_DETACH)
-			}
-		}
-	}
-	if m := mountsUnder(dir); len(m) > 0 {
-		return fmt.Errorf("still mounted: %s", strings.Join(m, ", "))
-	}
-	return nil
 }
 
 // removeStale restores the host after a run that was killed before its cleanup: its state file

@@ -142,7 +142,7 @@ func (n *Node) Close() error {
 			errs = append(errs, fmt.Errorf("k3s: processes left: %v", pids))
 		}
 		for _, p := range []string{kubeletDir, runK3s} {
-			if m := mountsUnder(p); len(m) > 0 {
+			if m := testbed.MountsUnder(p); len(m) > 0 {
 				errs = append(errs, fmt.Errorf("k3s: still mounted: %s", strings.Join(m, ", ")))
 			}
 		}
@@ -186,9 +186,9 @@ func buildTools(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	// pause and app are this module's; netready is built from its own.
+	// app is this module's; pause and netready are the root module's.
 	for _, b := range []struct{ name, dir, pkg string }{
-		{"pause", filepath.Join(root, "e2e", "k3s"), "./cmd/pause"},
+		{"pause", root, "./e2e/pause"},
 		{"app", filepath.Join(root, "e2e", "k3s"), "./cmd/app"},
 		{"netready", root, "./plugin/netready"},
 	} {
