@@ -1,6 +1,8 @@
 # netready. `sudo make demo` shows the problem and its fix; `sudo make test` runs every test.
 GO      ?= go
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# A release is the tag v<chart appVersion>; its VERSION drops the "v", so `make image` tags the image
+# as deploy/'s manifest and chart pull it by default. Untagged trees get the commit.
+VERSION ?= $(shell (git describe --tags --always --dirty 2>/dev/null || echo dev) | sed 's/^v//')
 LDFLAGS := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 30s
 

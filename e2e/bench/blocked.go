@@ -174,6 +174,31 @@ func (m *measurer) blockedRound(list *libcni.NetworkConfigList, fault *testbed.F
 	if os.Getenv("NR_BENCH_DEBUG") != "" {
 		sorted := slices.Sorted(slices.Values(res.openToRet))
 		fmt.Fprintf(os.Stderr, "opening → return, ms, sorted: %.0f\n", sorted)
+		// Where it went: the gate's ready moment (its start, from the line's time less total_ms,
+		// plus the last condition's after_ms), its log line, the return; all from the opening.
+		if recs, err := readLog(m.logFile); err == nil {
+			var ready, line, exit []float64
+			for i, p := range pods {
+				r, ok := recs[p.ContainerID]
+				if !ok || errs[i] != nil {
+					continue
+				}
+				start := r.Time.Add(-time.Duration(r.TotalMS * float64(time.Millisecond)))
+				last := 0.0
+				for _, c := range r.Conditions {
+					last = max(last, c.AfterMS)
+				}
+				ready = append(ready, ms(start.Add(time.Duration(last*float64(time.Millisecond))).Sub(o.At)))
+				line = append(line, ms(r.Time.Sub(o.At)))
+				exit = append(exit, ms(back[i].Sub(r.Time)))
+			}
+			for _, x := range []struct {
+				what string
+				v    []float64
+			}{{"opening → gate ready", ready}, {"opening → log line", line}, {"log line → return", exit}} {
+				fmt.Fprintf(os.Stderr, "%s, ms, sorted: %.0f\n", x.what, slices.Sorted(slices.Values(x.v)))
+			}
+		}
 	}
 	return res, nil
 }

@@ -260,7 +260,7 @@ func TestDaemonSet(t *testing.T) {
 		}
 		os.Remove(owned) // only if the agent did not: later tests need a clean conf dir
 		if !binBefore {
-			os.Remove(bin) // the agent leaves its binary (pods it gated need it for their DEL)
+			os.Remove(bin) // only if the agent did not
 		}
 	})
 	if out, err := n.Kubectl(ctx, "-n", "netready", "rollout", "status", "daemonset/netready", "--timeout=3m"); err != nil {
@@ -311,6 +311,17 @@ func TestDaemonSet(t *testing.T) {
 	fleetMetrics(t, n, logFile)
 	figures.SetIn("daemonset", "restart_chained", true)
 
+	// A pod gated by the agent's chain that outlives the DaemonSet: its DEL comes after the
+	// agent removed the binary.
+	held := PodSpec{Namespace: ns, Name: "held", Sleep: true}
+	if err := n.Apply(ctx, held); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.WaitPhase(ctx, ns, held.Name, 2*time.Minute, "Running"); err != nil {
+		t.Fatal(err)
+	}
+	gated(held.Name)
+
 	start = time.Now()
 	if _, err := n.KubectlInput(ctx, manifest, "delete", "--wait=true", "--timeout=2m", "-f", "-"); err != nil {
 		t.Fatal(err)
@@ -328,8 +339,25 @@ func TestDaemonSet(t *testing.T) {
 	if lines := addLinesIn(t, logFile, ns+"/deleted"); len(lines) != 0 {
 		t.Fatalf("netready ran after the DaemonSet was deleted: %+v", lines)
 	}
-	_, err = os.Stat(bin)
-	t.Logf("a new pod ran on K3s's chain; the agent's binary in the bin dir after the deletion: %v (left by design, for DELs)", err == nil)
+	if _, err := os.Stat(bin); err == nil && !binBefore {
+		t.Errorf("the agent left %s after its DaemonSet was deleted: the node is not as it was", bin)
+	}
+	// The held pod's sandbox was set up through netready; its teardown must not need it.
+	start = time.Now()
+	if err := n.DeletePod(ctx, ns, held.Name, false); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := n.API.GetPod(ctx, ns, held.Name); IsNotFound(err) {
+			break
+		}
+		if time.Since(start) > 60*time.Second {
+			ev, _ := n.Kubectl(context.Background(), "-n", ns, "get", "events", "--field-selector", "involvedObject.name="+held.Name)
+			t.Fatalf("a pod gated before the DaemonSet's deletion is not gone 60 s after its delete (its DEL without netready's binary?):\n%s", ev)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("a new pod ran on K3s's chain; the binary is gone; a pod gated before the deletion was deleted in %v", time.Since(start).Round(100*time.Millisecond))
 	figures.SetIn("daemonset", "deleted_default_chain", true)
 }
 

@@ -1,7 +1,7 @@
 // Package agent keeps netready in a node's CNI chain for a DaemonSet: it copies the binary into
 // the CNI bin dir, keeps the owned conflist (the primary chain with netready last, pkg/install's
-// format and atomic writer) in step with the primary conflist, and removes exactly that file when
-// told to stop. It never edits the primary file.
+// format and atomic writer) in step with the primary conflist, and removes exactly that file (and
+// the binary, once nothing chains it) when told to stop. It never edits the primary file.
 package agent
 
 import (
@@ -27,6 +27,12 @@ import (
 // delete the owned file; either is repaired within a second. Two small reads per tick.
 const Interval = 500 * time.Millisecond
 
+// BinaryGrace is how long a stopping agent waits between removing its conflist and removing the
+// binary: containerd reloads its chain on the conf dir's inotify event (0.15 s measured on the
+// containerd tier), and an ADD it started before then still execs the binary. Well within the
+// DaemonSet's 30 s termination grace.
+const BinaryGrace = 2 * time.Second
+
 // Agent is one node's agent. Paths are as this process sees them (the DaemonSet mounts the
 // node's dirs).
 type Agent struct {
@@ -35,7 +41,10 @@ type Agent struct {
 	Plugin  []byte       // netready's plugin object, as appended to the chain
 	Log     *slog.Logger // what the agent does, one line per change
 
-	lastState string // the last state logged, so a steady node logs nothing
+	BinaryGrace time.Duration // see BinaryGrace; New sets it
+
+	lastState string      // the last state logged, so a steady node logs nothing
+	mine      os.FileInfo // the owned file as this agent last wrote it; nil before its first write
 }
 
 // ConfigError is a plugin object that New refuses: the operator's to fix,
@@ -65,7 +74,7 @@ func New(confDir, binDir string, plugin []byte, log *slog.Logger) (*Agent, error
 	if err := jsonCompact(&compact, plugin); err != nil {
 		return nil, err
 	}
-	return &Agent{ConfDir: confDir, BinDir: binDir, Plugin: compact.Bytes(), Log: log}, nil
+	return &Agent{ConfDir: confDir, BinDir: binDir, Plugin: compact.Bytes(), Log: log, BinaryGrace: BinaryGrace}, nil
 }
 
 // InstallBinary puts the binary at src into the bin dir as "netready", unless the same bytes are
@@ -181,20 +190,30 @@ func (a *Agent) Reconcile() error {
 		return fmt.Errorf("read the CNI conf dir %s: %v", a.ConfDir, err)
 	}
 	act := Decide(d, a.Plugin)
+	why := "created"
+	switch {
+	case act.Write != nil && d.Owned != nil:
+		why = "primary changed"
+	case act.Write == nil && act.Err == nil && d.Owned != nil && a.mine == nil:
+		// A file in step that another agent wrote (a rolling update's surge pod, a restarted
+		// container): write it once anyway, so that agent's stop, which removes only the file it
+		// wrote, leaves this one's in place.
+		act.Write, why = d.Owned, "taken over from a previous agent"
+	}
 	if act.Remove {
 		if err := a.removeOwned("refused"); err != nil {
 			return err
 		}
 	}
 	if act.Write != nil {
-		why := "created"
-		if d.Owned != nil {
-			why = "primary changed"
-		}
+		p := filepath.Join(a.ConfDir, install.OwnedName)
 		if err := install.WriteConflist(a.ConfDir, install.OwnedName, act.Write, []string{a.BinDir}); err != nil {
 			return err
 		}
-		a.Log.Info("owned conflist written", "path", filepath.Join(a.ConfDir, install.OwnedName), "why", why, "primary", d.Primary)
+		if a.mine, err = os.Stat(p); err != nil {
+			return fmt.Errorf("stat %s after writing it: %v", p, err)
+		}
+		a.Log.Info("owned conflist written", "path", p, "why", why, "primary", d.Primary)
 	}
 	if act.State != a.lastState {
 		if act.Err != nil {
@@ -207,8 +226,63 @@ func (a *Agent) Reconcile() error {
 	return act.Err
 }
 
+// stop removes the owned conflist if it is still this agent's and then, once containerd has had
+// time to reload its chain, the binary, unless a conf file in the dir still chains netready
+// (another agent's, or `netready install`'s): the node is left as it was before the agent.
+// A pod gated meanwhile does not need the binary for its DEL: containerd tears a sandbox down
+// with the chain it has loaded now, K3s's own (e2e/k3s TestDaemonSet deletes such a pod after
+// the DaemonSet).
+func (a *Agent) stop() error {
+	if err := a.removeOwned("stopping"); err != nil {
+		return err
+	}
+	if a.chained() {
+		return nil
+	}
+	time.Sleep(a.BinaryGrace)
+	if a.chained() { // an agent that started meanwhile
+		return nil
+	}
+	p := filepath.Join(a.BinDir, install.BinaryName)
+	err := os.Remove(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("remove %s: %v", p, err)
+	}
+	a.Log.Info("binary removed: no conf file chains netready any more", "path", p)
+	return nil
+}
+
+// chained says whether a conf file in the conf dir (any of them, not only the first) chains
+// netready; an unreadable dir counts as chained, so the binary stays.
+func (a *Agent) chained() bool {
+	files, err := libcni.ConfFiles(a.ConfDir, install.ConfExtensions)
+	if err != nil {
+		return true
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil || install.ChainHasNetready(b) {
+			return true
+		}
+	}
+	return false
+}
+
 func (a *Agent) removeOwned(why string) error {
 	p := filepath.Join(a.ConfDir, install.OwnedName)
+	if why == "stopping" {
+		// This agent never wrote the file, or another agent replaced it since (each write is a
+		// rename, so a new inode): it is that agent's, and it keeps the node gated after this one stops.
+		// Between this stat and the remove another agent may still rename in a new file; it
+		// then finds the file gone and writes it again within one interval.
+		if fi, err := os.Stat(p); err == nil && (a.mine == nil || !os.SameFile(fi, a.mine)) {
+			a.Log.Info("owned conflist left in place: another agent wrote it after this one", "path", p)
+			return nil
+		}
+	}
 	err := os.Remove(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -220,9 +294,10 @@ func (a *Agent) removeOwned(why string) error {
 	return nil
 }
 
-// Run reconciles every interval until ctx is done, then removes the owned conflist (the
-// DaemonSet is being deleted or the pod replaced: the node falls back to its primary chain until
-// the next agent writes it again). Errors are logged and retried; Run returns the removal's.
+// Run reconciles every interval until ctx is done, then removes the owned conflist if it is still
+// the one this agent wrote, and the binary when nothing chains it any more (the DaemonSet is being
+// deleted or the pod replaced: the node falls back to its primary chain until the next agent
+// writes it again). Errors are logged and retried; Run returns the removal's.
 func (a *Agent) Run(ctx context.Context, interval time.Duration) error {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
@@ -239,7 +314,7 @@ func (a *Agent) Run(ctx context.Context, interval time.Duration) error {
 		}
 		select {
 		case <-ctx.Done():
-			return a.removeOwned("stopping")
+			return a.stop()
 		case <-tick.C:
 		}
 	}

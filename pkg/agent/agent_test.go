@@ -71,6 +71,7 @@ func (n node) agent(t *testing.T) *Agent {
 	if err != nil {
 		t.Fatal(err)
 	}
+	a.BinaryGrace = 10 * time.Millisecond
 	return a
 }
 
@@ -225,8 +226,29 @@ func TestRunFollows(t *testing.T) {
 	if len(entries) != 2 {
 		t.Errorf("conf dir after stop: %v, want the primary and the other file only", entries)
 	}
+	if _, err := os.Stat(filepath.Join(n.bin, "netready")); err == nil {
+		t.Error("stop left the binary although no conf file chains netready: the node is not as it was")
+	}
+	for _, p := range []string{"flannel", "portmap", "bandwidth", "calico"} {
+		if _, err := os.Stat(filepath.Join(n.bin, p)); err != nil {
+			t.Errorf("stop touched another plugin's binary: %v", err)
+		}
+	}
+}
+
+// The binary stays while any conf file still chains netready: a hand-made chain, or
+// `netready install` in flannel-cni-conf mode on another dir's file.
+func TestStopKeepsBinaryWhileChained(t *testing.T) {
+	n := newNode(t)
+	n.write(t, "99-hand.conflist", chain("hand", "flannel", "netready"))
+	a := n.agent(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := a.Run(ctx, Interval); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := os.Stat(filepath.Join(n.bin, "netready")); err != nil {
-		t.Error("stop removed the binary: pods created meanwhile still need it for DEL")
+		t.Errorf("stop removed the binary that 99-hand.conflist still chains: %v", err)
 	}
 }
 
@@ -266,5 +288,64 @@ func TestNewRejects(t *testing.T) {
 				t.Fatalf("err = %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// A rolling update with surge, or a second agent: the one that stops last must not take the node
+// out of the chain while another still keeps it, and the last one standing removes the file.
+func TestStopLeavesAnotherAgentsFile(t *testing.T) {
+	n := newNode(t)
+	owned := filepath.Join(n.conf, install.OwnedName)
+	run := func(a *Agent) (stop func() error) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- a.Run(ctx, 20*time.Millisecond) }()
+		return func() error { cancel(); return <-done }
+	}
+	old := n.agent(t)
+	stopOld := run(old)
+	waitFile := func(what string, ok func(os.FileInfo, error) bool) os.FileInfo {
+		t.Helper()
+		for start := time.Now(); ; time.Sleep(5 * time.Millisecond) {
+			fi, err := os.Stat(owned)
+			if ok(fi, err) {
+				return fi
+			}
+			if time.Since(start) > 2*time.Second {
+				t.Fatalf("%s: not within 2s (stat: %v)", what, err)
+			}
+		}
+	}
+	first := waitFile("old agent's first write", func(_ os.FileInfo, err error) bool { return err == nil })
+
+	// The new agent finds the file in step and still writes it once: from now on it is its.
+	newer := n.agent(t)
+	stopNew := run(newer)
+	waitFile("new agent takes over", func(fi os.FileInfo, err error) bool { return err == nil && !os.SameFile(fi, first) })
+	if err := stopOld(); err != nil {
+		t.Fatal(err)
+	}
+	wantOwned(t, n, install.K3sChain)
+	if _, err := os.Stat(filepath.Join(n.bin, "netready")); err != nil {
+		t.Errorf("the old agent removed the binary the remaining agent's chain needs: %v", err)
+	}
+	if !strings.Contains(n.log.String(), "left in place") {
+		t.Errorf("the old agent did not say why it left the file:\n%s", n.log)
+	}
+	// The new agent keeps it steady (no fight: it does not rewrite a file it wrote) and removes
+	// it when it stops.
+	fi := waitFile("steady", func(fi os.FileInfo, err error) bool { return err == nil })
+	time.Sleep(100 * time.Millisecond)
+	if fi2, err := os.Stat(owned); err != nil || !os.SameFile(fi, fi2) {
+		t.Fatalf("the remaining agent rewrote a steady file (%v)", err)
+	}
+	if err := stopNew(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(owned); err == nil {
+		t.Error("the last agent's stop left the owned file: the DaemonSet's delete would leave the node chained")
+	}
+	if _, err := os.Stat(filepath.Join(n.bin, "netready")); err == nil {
+		t.Error("the last agent's stop left the binary")
 	}
 }
