@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"path"
 	"slices"
 	"strings"
@@ -234,22 +235,12 @@ func (l *annotationErrors) fail(key, format string, args ...any) {
 // closest known one: a typo must not silently drop a probe or a timeout.
 func (l *annotationErrors) unknown(ann map[string]string) {
 	known := []string{AnnotationProbes, AnnotationTimeout, AnnotationSkip}
-	var keys []string
-	for k := range ann {
-		if strings.HasPrefix(k, annotationPrefix) && !slices.Contains(known, k) {
-			keys = append(keys, k)
-		}
-	}
-	slices.Sort(keys)
-	for i, k := range keys {
-		if l.full() {
-			l.skip(len(keys) - i) // no need to look for their spelling
-			return
-		}
-		if hint := closest(k, known); hint != "" {
+	accepted := func(k string) bool { return !strings.HasPrefix(k, annotationPrefix) || slices.Contains(known, k) }
+	l.errorList.unknown(maps.Keys(ann), accepted, known, func(k, hint string) {
+		if hint != "" {
 			l.fail(k, "unknown netready annotation; did you mean %q?", hint)
 		} else {
 			l.fail(k, "unknown netready annotation; netready reads %s", strings.Join(known, ", "))
 		}
-	}
+	})
 }
