@@ -32,16 +32,11 @@ type plugin struct {
 	stderr io.Writer // where the log goes when the config names no logFile
 }
 
-// add gates the pod: parse, resolve the pod's spec, wait, pass the result on.
+// add gates the pod: parse and resolve the pod's spec, wait, pass the result on.
 func (p *plugin) add(args *skel.CmdArgs) error {
 	rec := p.newRecord("ADD", args)
 	defer rec.write()
-	conf, prev, err := parse(args.StdinData)
-	if err != nil {
-		return rec.fail(err)
-	}
-	rec.logFile = conf.LogFile
-	spec, err := resolve(rec, conf, args.Args)
+	conf, prev, spec, err := prepare(rec, args)
 	if err != nil {
 		return rec.fail(err)
 	}
@@ -49,8 +44,6 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		if err := p.gate(rec, args, conf.Name, spec, prev, spec.Timeout); err != nil {
 			return rec.fail(err)
 		}
-	} else {
-		rec.outcome, rec.reason = logrec.Skipped, spec.SkipReason
 	}
 	// The answer is the previous plugin's result, untouched, in the
 	// list's version.
@@ -61,18 +54,9 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 func (p *plugin) check(args *skel.CmdArgs) error {
 	rec := p.newRecord("CHECK", args)
 	defer rec.write()
-	conf, prev, err := parse(args.StdinData)
-	if err != nil {
+	conf, prev, spec, err := prepare(rec, args)
+	if err != nil || spec.Skipped {
 		return rec.fail(err)
-	}
-	rec.logFile = conf.LogFile
-	spec, err := resolve(rec, conf, args.Args)
-	if err != nil {
-		return rec.fail(err)
-	}
-	if spec.Skipped {
-		rec.outcome, rec.reason = logrec.Skipped, spec.SkipReason
-		return nil
 	}
 	return rec.fail(p.gate(rec, args, conf.Name, spec, prev, min(spec.Timeout, checkBudget)))
 }
@@ -107,16 +91,26 @@ func (p *plugin) gc(args *skel.CmdArgs) error {
 	return nil
 }
 
-// resolve works out the pod's spec from CNI_ARGS and its annotations.
-func resolve(rec *record, conf *config.Conf, cniArgs string) (config.Spec, error) {
-	pod, err := conf.Pod(cniArgs)
+// prepare reads what ADD and CHECK gate on: the plugin object and the
+// previous plugin's result (parse), then the pod's spec from CNI_ARGS and
+// its annotations. A skipped pod's record says so.
+func prepare(rec *record, args *skel.CmdArgs) (*config.Conf, *current.Result, config.Spec, error) {
+	conf, prev, err := parse(args.StdinData)
 	if err != nil {
-		return config.Spec{}, err
+		return nil, nil, config.Spec{}, err
+	}
+	rec.logFile = conf.LogFile
+	pod, err := conf.Pod(args.Args)
+	if err != nil {
+		return nil, nil, config.Spec{}, err
 	}
 	rec.setPod(pod)
 	spec, err := conf.Resolve(pod)
 	rec.spec = &spec
-	return spec, err
+	if err == nil && spec.Skipped {
+		rec.outcome, rec.reason = logrec.Skipped, spec.SkipReason
+	}
+	return conf, prev, spec, err
 }
 
 // parse reads the plugin object and the previous plugin's result.
