@@ -44,6 +44,19 @@ func (f *nodeFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print every change, make none")
 }
 
+// parse parses args into fs, which holds f's flags, and checks f: exitReady,
+// or the code to exit with.
+func (f *nodeFlags) parse(fs *flag.FlagSet, args []string, stderr io.Writer, cmd string) int {
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "netready %s: unexpected argument %q; see netready help\n", cmd, fs.Arg(0))
+		return exitUsage
+	}
+	return f.check(stderr, cmd)
+}
+
 // check returns exitUsage for flags that cannot go together or name no
 // absolute path, exitFailed for a --root that is not a directory on this
 // machine (the command line is fine, the machine is not as it says), and
@@ -97,14 +110,7 @@ func cliInstall(args []string, stdout, stderr io.Writer) int {
 	logFile := fs.String("log-file", install.DefaultLogFile, "netready's log file; '' logs to stderr (lost on K3s)")
 	mode := fs.String("mode", string(install.ModeOwned), "owned or flannel-cni-conf")
 	binary := fs.String("binary", "", "the netready binary to install (default: this one)")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "netready install: unexpected argument %q; see netready help\n", fs.Arg(0))
-		return exitUsage
-	}
-	if code := nf.check(stderr, "install"); code != exitReady {
+	if code := nf.parse(fs, args, stderr, "install"); code != exitReady {
 		return code
 	}
 	m := install.Mode(*mode)
@@ -283,14 +289,7 @@ func cliUninstall(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var nf nodeFlags
 	nf.register(fs)
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "netready uninstall: unexpected argument %q; see netready help\n", fs.Arg(0))
-		return exitUsage
-	}
-	if code := nf.check(stderr, "uninstall"); code != exitReady {
+	if code := nf.parse(fs, args, stderr, "uninstall"); code != exitReady {
 		return code
 	}
 	if !needRoot(nf, stderr, "uninstall") {
