@@ -3,6 +3,7 @@ package gate
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,18 +61,6 @@ func ms(n ...int) []time.Duration {
 	return out
 }
 
-func equalDurations(a, b []time.Duration) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // hang waits for the attempt to be closed, as a dropped SYN does.
 func hang(ctx context.Context) error {
 	<-ctx.Done()
@@ -105,7 +94,7 @@ func TestScheduleBacksOffToMaxInterval(t *testing.T) {
 		defer cancel()
 		rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
 			Options{Interval: 10 * time.Millisecond, MaxInterval: 40 * time.Millisecond})
-		if got, want := rec.startTimes(), ms(0, 10, 30, 70, 110, 150, 190); !equalDurations(got, want) {
+		if got, want := rec.startTimes(), ms(0, 10, 30, 70, 110, 150, 190); !slices.Equal(got, want) {
 			t.Errorf("attempts at %v, want %v", got, want)
 		}
 		if rep.Ready() || rep.Err != nil {
