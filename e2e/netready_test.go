@@ -116,12 +116,10 @@ func TestNetreadyWaitsForPath(t *testing.T) {
 			t.Parallel()
 			ctx := testContext(t)
 			b := netreadyBed(t, false)
-			logFile := filepath.Join(t.TempDir(), "netready.log")
-			list := confList(t, b, testbed.K3sConflist("1.0.0", netreadyPlugin(map[string]any{
+			list, logFile := netreadyList(t, b, map[string]any{
 				"probes":  []string{testbed.ProbeDB},
 				"timeout": "10s",
-				"logFile": logFile,
-			})))
+			})
 			pod := newPod(t, b)
 			openAt := tc.block(ctx, t, b)
 
@@ -225,13 +223,11 @@ func TestNetreadyOnTimeoutAllow(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
 	b := netreadyBed(t, false)
-	logFile := filepath.Join(t.TempDir(), "netready.log")
-	list := confList(t, b, testbed.K3sConflist("1.0.0", netreadyPlugin(map[string]any{
+	list, logFile := netreadyList(t, b, map[string]any{
 		"probes":    []string{testbed.ProbeDB},
 		"timeout":   "500ms",
 		"onTimeout": "allow",
-		"logFile":   logFile,
-	})))
+	})
 	pod := newPod(t, b)
 	fault(t)(b.BlockRouter(ctx))
 
@@ -547,11 +543,9 @@ func TestNetreadyLog(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
 	b := netreadyBed(t, false)
-	logFile := filepath.Join(t.TempDir(), "netready.log")
-	list := confList(t, b, testbed.K3sConflist("1.0.0", netreadyPlugin(map[string]any{
-		"probes":  []string{testbed.ProbeDB},
-		"logFile": logFile,
-	})))
+	list, logFile := netreadyList(t, b, map[string]any{
+		"probes": []string{testbed.ProbeDB},
+	})
 	pod := newPod(t, b)
 	res, err := b.Add(ctx, list, pod)
 	if err != nil {
@@ -612,6 +606,16 @@ func TestNetreadyLog(t *testing.T) {
 func netreadyBed(t *testing.T, dualStack bool) *testbed.Bed {
 	t.Helper()
 	return testbed.New(t, testbed.Options{Plugins: testbed.WithNetready, DualStack: dualStack})
+}
+
+// netreadyList is K3s's chain (1.0.0) with netready last, its fields set and its log in a file of
+// the test's, whose path it returns too.
+func netreadyList(t *testing.T, b *testbed.Bed, fields map[string]any) (*libcni.NetworkConfigList, string) {
+	t.Helper()
+	logFile := filepath.Join(t.TempDir(), "netready.log")
+	f := maps.Clone(fields)
+	f["logFile"] = logFile
+	return confList(t, b, testbed.K3sConflist("1.0.0", netreadyPlugin(f))), logFile
 }
 
 // netreadyPlugin is netready's object for the conflist, as conflist/ has it, with fields set.
