@@ -63,26 +63,14 @@ func removeRuntimeDir(dir, cgroupParent string) error {
 // (containerd's --config, the shims' -address, runc's --root) and those in the pods' cgroups
 // (pause, the containers, runc init). Never this process.
 func runtimeProcs(dir, cgroupParent string) []int {
-	var pids []int
-	self := os.Getpid()
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), dir) {
-			pids = append(pids, pid)
-		}
-	}
+	pids := testbed.Pids(func(_ int, proc string) bool { return strings.Contains(testbed.ProcCmdline(proc), dir) })
 	for _, cg := range cgroupDirs(cgroupParent) {
 		b, err := os.ReadFile(filepath.Join(cg, "cgroup.procs"))
 		if err != nil {
 			continue
 		}
 		for _, f := range strings.Fields(string(b)) {
-			if pid, err := strconv.Atoi(f); err == nil && pid != self {
+			if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
 				pids = append(pids, pid)
 			}
 		}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/netready/netready/e2e/testbed"
 )
 
 // netreadyLog is netready's log file on the node (logFile in the owned conflist): a failed
@@ -116,18 +118,7 @@ func podName(parts ...string) string { return strings.ToLower(strings.Join(parts
 // netreadyProcs lists the PIDs of running netready plugin processes (the node's CNI bin dir).
 func netreadyProcs(n *Node) []int {
 	bin := filepath.Join(n.CNIBinDir(), "netready")
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err == nil && exe == bin {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return testbed.Pids(func(_ int, dir string) bool { return testbed.ProcExe(dir) == bin })
 }
 
 // alive reports whether pid still runs (and is not a zombie).
@@ -144,16 +135,5 @@ func itoa(i int) string { return strconv.Itoa(i) }
 
 // procsByExe lists the PIDs whose executable is one of exes.
 func procsByExe(exes ...string) []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err == nil && slices.Contains(exes, exe) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return testbed.Pids(func(_ int, dir string) bool { return slices.Contains(exes, testbed.ProcExe(dir)) })
 }

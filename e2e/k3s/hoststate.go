@@ -258,23 +258,10 @@ func cgroupHierarchies() []string {
 // leftoverProcs are the processes of K3s's containerd and pods: the shims (their command line
 // names /run/k3s/containerd, or the run's dir) and every process in the kubelet's cgroups.
 func leftoverProcs(s *hostState) []int {
-	var pids []int
-	self := os.Getpid()
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		c := string(cmdline)
-		if strings.Contains(c, "/run/k3s/containerd") || (s.Dir != "" && strings.Contains(c, s.Dir)) {
-			pids = append(pids, pid)
-		}
-	}
+	pids := testbed.Pids(func(_ int, dir string) bool {
+		c := testbed.ProcCmdline(dir)
+		return strings.Contains(c, "/run/k3s/containerd") || (s.Dir != "" && strings.Contains(c, s.Dir))
+	})
 	for _, cg := range newCgroups(s) {
 		filepath.WalkDir(cg, func(path string, d os.DirEntry, err error) error {
 			if err != nil || !d.IsDir() {
@@ -282,7 +269,7 @@ func leftoverProcs(s *hostState) []int {
 			}
 			b, _ := os.ReadFile(filepath.Join(path, "cgroup.procs"))
 			for _, f := range strings.Fields(string(b)) {
-				if pid, err := strconv.Atoi(f); err == nil && pid != self {
+				if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
 					pids = append(pids, pid)
 				}
 			}

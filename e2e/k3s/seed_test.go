@@ -214,17 +214,8 @@ func waitAppProcess(limit time.Duration) (time.Time, error) {
 }
 
 func appProcs() []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		c, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && strings.HasPrefix(string(c), "/app\x00") && !strings.Contains(string(c), "-init") {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return testbed.Pids(func(_ int, dir string) bool {
+		c := testbed.ProcCmdline(dir)
+		return strings.HasPrefix(c, "/app\x00") && !strings.Contains(c, "-init")
+	})
 }
