@@ -100,16 +100,7 @@ func TestOutageShorterThanTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	install(t, n, "30s", testbed.ProbeDB)
-	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fault.Unblock() })
-	watch, err := n.WatchVeths()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer watch.Close()
+	fault, watch := blockAndWatch(t, n)
 	var toADD, toApp []float64
 	for i := range count {
 		p := PodSpec{Namespace: ns, Name: fmt.Sprintf("outage-%02d", i)}

@@ -137,3 +137,20 @@ func itoa(i int) string { return strconv.Itoa(i) }
 func procsByExe(exes ...string) []int {
 	return testbed.Pids(func(_ int, dir string) bool { return slices.Contains(exes, testbed.ProcExe(dir)) })
 }
+
+// blockAndWatch blocks the node's path beyond the router until the test ends, and watches the
+// node's veths until then.
+func blockAndWatch(t *testing.T, n *Node) (*testbed.Fault, *VethWatch) {
+	t.Helper()
+	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fault.Unblock() })
+	watch, err := n.WatchVeths()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { watch.Close() })
+	return fault, watch
+}

@@ -1,7 +1,6 @@
 package k3s
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -69,16 +68,7 @@ func TestSeed(t *testing.T) {
 	}
 	rand.Shuffle(count, func(i, j int) { offsets[i], offsets[j] = offsets[j], offsets[i] })
 
-	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fault.Unblock() })
-	watch, err := n.WatchVeths()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer watch.Close()
+	fault, watch := blockAndWatch(t, n)
 
 	vethToApp := make([]time.Duration, count) // measured in the "without" way, which runs first
 	ways := []seedWay{{name: "without"}, {name: "with", netready: true}, {name: "initcontainer", initLoop: true}}
