@@ -104,19 +104,7 @@ func TestOutageShorterThanTimeout(t *testing.T) {
 	var toADD, toApp []float64
 	for i := range count {
 		p := PodSpec{Namespace: ns, Name: fmt.Sprintf("outage-%02d", i)}
-		if err := fault.Block(); err != nil {
-			t.Fatal(err)
-		}
-		veth := watch.Next()
-		if err := n.Apply(ctx, p); err != nil {
-			t.Fatal(err)
-		}
-		var vethAt time.Time
-		select {
-		case vethAt = <-veth:
-		case <-time.After(time.Minute):
-			t.Fatalf("pod %s: no veth within a minute: %s", p.Name, n.describe(ctx, ns, p.Name))
-		}
+		_, vethAt := applyBlocked(ctx, t, n, fault, watch, p)
 		o := <-fault.OpenAt(vethAt.Add(time.Second + time.Duration(rand.Int64N(int64(5*time.Second)))))
 		if o.Err != nil {
 			t.Fatal(o.Err)

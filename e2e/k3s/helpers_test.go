@@ -154,3 +154,23 @@ func blockAndWatch(t *testing.T, n *Node) (*testbed.Fault, *VethWatch) {
 	t.Cleanup(func() { watch.Close() })
 	return fault, watch
 }
+
+// applyBlocked blocks the path, applies p and waits (up to a minute) for its veth in the node:
+// the moment the pod's network is set up. created is when Apply was called.
+func applyBlocked(ctx context.Context, t *testing.T, n *Node, fault *testbed.Fault, watch *VethWatch, p PodSpec) (created, vethAt time.Time) {
+	t.Helper()
+	if err := fault.Block(); err != nil {
+		t.Fatal(err)
+	}
+	veth := watch.Next()
+	created = time.Now()
+	if err := n.Apply(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case vethAt = <-veth:
+	case <-time.After(time.Minute):
+		t.Fatalf("pod %s: no veth in the node within a minute: %s", p.Name, n.describe(ctx, p.Namespace, p.Name))
+	}
+	return created, vethAt
+}

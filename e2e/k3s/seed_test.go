@@ -84,20 +84,7 @@ func TestSeed(t *testing.T) {
 			var pods []seedPod
 			for i, off := range offsets {
 				p := PodSpec{Namespace: ns, Name: fmt.Sprintf("seed-%02d", i), InitLoop: way.initLoop}
-				if err := fault.Block(); err != nil {
-					t.Fatal(err)
-				}
-				veth := watch.Next()
-				created := time.Now()
-				if err := n.Apply(ctx, p); err != nil {
-					t.Fatal(err)
-				}
-				var vethAt time.Time
-				select {
-				case vethAt = <-veth:
-				case <-time.After(time.Minute):
-					t.Fatalf("pod %s: no veth in the node within a minute: %s", p.Name, n.describe(ctx, ns, p.Name))
-				}
+				created, vethAt := applyBlocked(ctx, t, n, fault, watch, p)
 				var openAt time.Time
 				if way.name == "without" {
 					appAt, err := waitAppProcess(time.Minute)
