@@ -38,7 +38,7 @@ e2e: build
 
 # The tests that need neither root nor network namespaces.
 unit:
-	$(GO) test -count=1 ./pkg/config/ ./pkg/gate/ ./pkg/install/
+	$(GO) test -count=1 ./pkg/config/ ./pkg/gate/ ./pkg/install/ ./pkg/podwatch/
 
 vet:
 	$(GO) vet ./...

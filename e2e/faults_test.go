@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/netready/netready/e2e/testbed"
+	"github.com/netready/netready/internal/logrec"
+	"github.com/netready/netready/pkg/podwatch/podwatchtest"
 )
 
 // Faults while ADD waits: the pod goes away, the runtime gives up, the
@@ -328,4 +331,86 @@ func dirListing(t *testing.T, dir string) map[string]bool {
 		t.Fatal(err)
 	}
 	return seen
+}
+
+// TestADDEndsWhenThePodIsDeleted: with podWatch, an ADD waiting on a blocked path ends once the
+// API server (a fake one, TLS with a client certificate, listening in the node netns where the
+// runtime runs the chain) says its pod is being deleted: code 100, outcome pod-deleted. When the
+// API server refuses (403), the ADD runs to its own timeout as without podWatch, and says why once.
+func TestADDEndsWhenThePodIsDeleted(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  func(api *podwatchtest.Server)
+	}{
+		{"deletionTimestamp pushed by the watch", func(api *podwatchtest.Server) {}},
+		{"403", func(api *podwatchtest.Server) {
+			api.AnswerGET(403, `{"kind":"Status","code":403,"message":"pods \"web\" is forbidden: User \"system:node:node-a\" cannot get resource \"pods\""}`)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := testContext(t)
+			b := testbed.New(t, testbed.Options{Plugins: testbed.WithNetready})
+			var l net.Listener
+			if err := b.Node.Do(func() (err error) { l, err = net.Listen("tcp", "127.0.0.1:0"); return err }); err != nil {
+				t.Fatal(err)
+			}
+			api := podwatchtest.NewOn(t, l)
+			tc.set(api)
+			w := api.Conf
+			pw := fmt.Sprintf(`,"probes":[%q],"podWatch":{"server":%q,"caFile":%q,"certFile":%q,"keyFile":%q,"after":"500ms"}`,
+				testbed.ProbeDB, w.Server, w.CAFile, w.CertFile, w.KeyFile)
+			const timeout = 4 * time.Second
+			list, logFile := faultList(t, b, timeout.String(), pw)
+			if _, err := b.BlockRouter(ctx); err != nil {
+				t.Fatal(err)
+			}
+			pod := newPod(t, b)
+			pod.Namespace, pod.Name, pod.UID = "default", "web", "uid-1"
+			var marked time.Time
+			if tc.name != "403" {
+				go func() {
+					// Once netready's watch is open (after 0.5 s of waiting), as for a pod deleted
+					// well into its wait.
+					for _, w := api.Requests(); len(w) == 0; _, w = api.Requests() {
+						time.Sleep(10 * time.Millisecond)
+					}
+					time.Sleep(300 * time.Millisecond)
+					marked = time.Now()
+					api.Events <- `{"type":"MODIFIED","object":{"kind":"Pod","metadata":{"name":"web","namespace":"default","uid":"uid-1","resourceVersion":"42","deletionTimestamp":"2026-11-30T22:10:01Z"}}}`
+				}()
+			}
+			start := time.Now()
+			_, err := b.Add(ctx, list, pod)
+			took := time.Since(start)
+			recs, rerr := logrec.ReadFile(logFile)
+			if rerr != nil || len(recs) == 0 {
+				t.Fatalf("no log line: %v", rerr)
+			}
+			rec := recs[len(recs)-1]
+			if tc.name == "403" {
+				if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "pod network not ready after 4.0") || rec.Outcome != logrec.Timeout {
+					t.Errorf("ADD after %v: %v (outcome %s); want the timeout's code 11 at 4 s, as without podWatch", took, err, rec.Outcome)
+				}
+				if len(rec.Notes) != 1 || !strings.Contains(rec.Notes[0], "podWatch: cannot tell whether the pod was deleted, waited on without it: GET /api/v1/namespaces/default/pods/web: 403 Forbidden") {
+					t.Errorf("notes %q, want one saying the API server answered 403", rec.Notes)
+				}
+				return
+			}
+			after := time.Since(marked)
+			t.Logf("ADD ended %v after the pod was marked deleted (%v after its start): %v", after.Round(time.Millisecond), took.Round(time.Millisecond), err)
+			if cniCode(err) != 100 || !strings.Contains(err.Error(), "pod default/web is being deleted: deletionTimestamp 2026-11-30T22:10:01Z (watch); its sandbox is no longer wanted; unmet: tcp://") {
+				t.Errorf("ADD: %v; want code 100 naming the pod and its deletionTimestamp", err)
+			}
+			if rec.Outcome != logrec.PodDeleted || rec.Code != 100 {
+				t.Errorf("log line outcome %s code %d, want pod-deleted, 100", rec.Outcome, rec.Code)
+			}
+			if after > 500*time.Millisecond {
+				t.Errorf("ADD ended %v after the API server's event, want within 0.5 s", after)
+			}
+			if err := b.Del(ctx, list, pod); err != nil {
+				t.Errorf("DEL after the ADD: %v", err)
+			}
+		})
+	}
 }

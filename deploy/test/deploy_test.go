@@ -391,6 +391,35 @@ func TestChart(t *testing.T) {
 					t.Errorf("config not carried over: %+v, rules %d", c.Base, len(c.Rules))
 				}
 			}},
+		{name: "podWatch from K3s's kubelet by default", confDir: k3sConfDir, binDir: k3sBinDir,
+			check: func(t *testing.T, o objects) {
+				checkK3sPodWatch(t, o, "/var/lib/rancher/k3s", true)
+			}},
+		{name: "podWatch with a custom K3s data dir", confDir: k3sConfDir, binDir: k3sBinDir,
+			values: map[string]any{"k3s": map[string]any{"dataDir": "/srv/k3s"}},
+			check: func(t *testing.T, o objects) {
+				checkK3sPodWatch(t, o, "/srv/k3s", true)
+			}},
+		{name: "podWatch off", confDir: k3sConfDir, binDir: k3sBinDir,
+			values: map[string]any{"k3s": map[string]any{"podWatch": false}},
+			check: func(t *testing.T, o objects) {
+				checkK3sPodWatch(t, o, "/var/lib/rancher/k3s", false)
+			}},
+		{name: "podWatch not K3s's outside K3s", confDir: "/etc/cni/net.d", binDir: "/opt/cni/bin",
+			values: map[string]any{"cni": map[string]any{"paths": "standard"}},
+			check: func(t *testing.T, o objects) {
+				checkK3sPodWatch(t, o, "/var/lib/rancher/k3s", false)
+			}},
+		{name: "podWatch set in the config", confDir: k3sConfDir, binDir: k3sBinDir,
+			values: map[string]any{"config": map[string]any{"podWatch": map[string]any{"server": "https://10.0.0.1:6443",
+				"caFile": "/etc/kubernetes/pki/ca.crt", "certFile": "/var/lib/kubelet/pki/kubelet-client-current.pem",
+				"keyFile": "/var/lib/kubelet/pki/kubelet-client-current.pem"}}},
+			check: func(t *testing.T, o objects) {
+				checkK3sPodWatch(t, o, "/var/lib/rancher/k3s", false)
+				if c := configOf(t, o); c.PodWatch == nil || c.PodWatch.Server != "https://10.0.0.1:6443" {
+					t.Errorf("config.podWatch not carried over: %+v", c.PodWatch)
+				}
+			}},
 		{name: "namespace labels opt-in", confDir: k3sConfDir, binDir: k3sBinDir,
 			values: map[string]any{"agent": map[string]any{"namespaceLabels": true}},
 			check: func(t *testing.T, o objects) {
@@ -418,6 +447,24 @@ func TestChart(t *testing.T) {
 	}
 }
 
+// checkK3sPodWatch: whether the agent is told to fill podWatch from K3s's kubelet credentials in
+// dataDir, with that kubeconfig mounted read-only at the node's path.
+func checkK3sPodWatch(t *testing.T, o objects, dataDir string, want bool) {
+	t.Helper()
+	spec := o.ds.Spec.Template.Spec
+	kc := dataDir + "/agent/kubelet.kubeconfig"
+	hasArg := slices.Contains(spec.Containers[0].Args, "--k3s-data-dir="+dataDir)
+	hasMount := slices.ContainsFunc(spec.Containers[0].VolumeMounts, func(m corev1.VolumeMount) bool {
+		return m.Name == "kubelet-kubeconfig" && m.MountPath == kc && m.ReadOnly
+	})
+	hasVol := slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool {
+		return v.Name == "kubelet-kubeconfig" && v.HostPath != nil && v.HostPath.Path == kc
+	})
+	if hasArg != want || hasMount != want || hasVol != want {
+		t.Errorf("--k3s-data-dir=%s %v, read-only mount of %s %v, its hostPath %v; want all %v", dataDir, hasArg, kc, hasMount, hasVol, want)
+	}
+}
+
 // TestChartRejects: values a user can get wrong fail the render with a message saying what to do.
 func TestChartRejects(t *testing.T) {
 	for _, tc := range []struct {
@@ -428,6 +475,8 @@ func TestChartRejects(t *testing.T) {
 		{"unknown paths preset", map[string]any{"cni": map[string]any{"paths": "rke2"}}, `cni.paths is "rke2": want k3s or standard`},
 		{"typo in a config field", map[string]any{"config": map[string]any{"probe": []any{"tcp://10.0.0.1:1"}}}, "probe"},
 		{"probe not a list", map[string]any{"config": map[string]any{"probes": "tcp://10.0.0.1:1"}}, "probes"},
+		{"podWatch over http", map[string]any{"config": map[string]any{"podWatch": map[string]any{"server": "http://10.0.0.1:6443",
+			"caFile": "/a", "certFile": "/b", "keyFile": "/c"}}}, "podWatch"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := render(t, "netready", "netready", tc.values)
@@ -508,6 +557,7 @@ func TestPlainManifest(t *testing.T) {
 const manifestHeader = `# netready on every node of a K3s cluster: kubectl apply -f deploy/netready.yaml
 # Generated from deploy/helm/netready with its default values (cd deploy/test && go test -update);
 # edit the chart, not this file. Put your probes in the ConfigMap's netready.json. For
-# /etc/cni/net.d + /opt/cni/bin (outside K3s) change the two hostPath paths, or use the chart
-# with --set cni.paths=standard.
+# /etc/cni/net.d + /opt/cni/bin (outside K3s) change the two hostPath paths and drop the
+# kubelet-kubeconfig volume and --k3s-data-dir (K3s's podWatch), or use the chart with
+# --set cni.paths=standard.
 `

@@ -2,8 +2,12 @@ package k3s
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -145,10 +149,12 @@ func TestOutageShorterThanTimeout(t *testing.T) {
 }
 
 // TestDeleteWhileWaiting: a pod is deleted while netready's ADD waits for a path that stays
-// blocked (timeout 30 s). Measures how soon the pod is gone from the API and whether (and when)
-// the waiting ADD process ends. On K3s v1.35 neither the kubelet nor containerd cancels a
-// RunPodSandbox in progress: the ADD runs to its timeout and the pod goes only then, so the
-// timeout bounds how long a deleted pod lingers (issue 10 asks for <= 5 s: not met, see README).
+// blocked (timeout 30 s). On K3s v1.35 neither the kubelet nor containerd cancels a RunPodSandbox
+// in progress (no SIGTERM, no netns removal reaches netready): without podWatch the ADD ran to its
+// timeout and the pod lingered that long. netready installed by `netready install` with its
+// defaults watches its own pod with the kubelet's credentials: the ADD ends once the API server
+// marks the pod deleted, and the pod is gone <= 5 s after the delete (issue 10). Several pods in
+// turn; measures delete -> ADD ended (its log line) and delete -> pod gone from the API.
 func TestDeleteWhileWaiting(t *testing.T) {
 	n := need(t)
 	ctx := t.Context()
@@ -158,60 +164,92 @@ func TestDeleteWhileWaiting(t *testing.T) {
 	}
 	const timeout = 30 * time.Second
 	install(t, n, timeout.String(), testbed.ProbeDB)
+	checkDefaultPodWatch(t, n)
 	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fault.Unblock() })
-	p := PodSpec{Namespace: ns, Name: "deleted"}
-	if err := n.Apply(ctx, p); err != nil {
-		t.Fatal(err)
-	}
-	var pid int
-	for deadline := time.Now().Add(time.Minute); pid == 0; {
-		if pids := netreadyProcs(n); len(pids) > 0 {
-			pid = pids[0]
-		} else if time.Now().After(deadline) {
-			t.Fatalf("no netready ADD running within a minute: %s", n.describe(ctx, ns, p.Name))
+
+	runs := 3
+	var podGone, addEnded []float64
+	for i := range runs {
+		p := PodSpec{Namespace: ns, Name: podName("deleted", itoa(i))}
+		if err := n.Apply(ctx, p); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	time.Sleep(3 * time.Second) // well into the wait
-	deleted := time.Now()
-	if err := n.DeletePod(ctx, ns, p.Name, false); err != nil {
-		t.Fatal(err)
-	}
-	var podGone, addGone time.Duration
-	for deadline := deleted.Add(150 * time.Second); podGone == 0 || addGone == 0; {
-		if podGone == 0 {
-			if _, err := n.API.GetPod(ctx, ns, p.Name); IsNotFound(err) {
-				podGone = time.Since(deleted)
+		// The ADD has started once the pod's veth exists and netready runs; wait well into it
+		// (past podWatch's 1 s, so the watch is open, as it is for any pod that really waits).
+		for deadline := time.Now().Add(time.Minute); len(netreadyProcs(n)) == 0; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no netready ADD running within a minute: %s", n.describe(ctx, ns, p.Name))
 			}
 		}
-		if addGone == 0 && !alive(pid) {
-			addGone = time.Since(deleted)
+		time.Sleep(3 * time.Second)
+		deleted := time.Now()
+		if err := n.DeletePod(ctx, ns, p.Name, false); err != nil {
+			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			break
+		var gone time.Duration
+		var line *logLine
+		for deadline := deleted.Add(timeout + 30*time.Second); gone == 0 || line == nil; time.Sleep(50 * time.Millisecond) {
+			if gone == 0 {
+				if _, err := n.API.GetPod(ctx, ns, p.Name); IsNotFound(err) {
+					gone = time.Since(deleted)
+				}
+			}
+			if line == nil {
+				for _, l := range addLines(t, n, ns+"/"+p.Name) {
+					if l.Time.After(deleted) {
+						line = &l
+					}
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %v after the delete the pod is gone: %v, the ADD's line: %+v", p.Name, timeout+30*time.Second, gone > 0, line)
+			}
 		}
-		time.Sleep(50 * time.Millisecond)
+		ended := line.Time.Sub(deleted)
+		t.Logf("%s deleted while its ADD waited: the ADD ended %v after the delete (%s, code %d: %s); the pod was gone from the API %v after the delete",
+			p.Name, ended.Round(time.Millisecond), line.Outcome, line.Code, line.Error, gone.Round(time.Millisecond))
+		ms := func(d time.Duration) float64 { return float64(d.Milliseconds()) / 1000 }
+		podGone, addEnded = append(podGone, ms(gone)), append(addEnded, ms(ended))
+		if line.Outcome != "pod-deleted" || line.Code != 100 || !strings.Contains(line.Error, "pod "+ns+"/"+p.Name+" is being deleted: deletionTimestamp") {
+			t.Errorf("%s: the ADD's line says %s, code %d: %q; want pod-deleted, code 100, naming the pod and its deletionTimestamp", p.Name, line.Outcome, line.Code, line.Error)
+		}
+		if gone > 5*time.Second {
+			t.Errorf("%s was gone %v after the delete, want <= 5 s", p.Name, gone)
+		}
 	}
-	var outcome string
-	if lines := addLines(t, n, ns+"/"+p.Name); len(lines) > 0 {
-		outcome = lines[len(lines)-1].Outcome + ": " + lines[len(lines)-1].Msg
+	slices.Sort(podGone)
+	slices.Sort(addEnded)
+	figures.Set("delete_while_waiting_s", round1(podGone[len(podGone)-1]))
+	figures.Set("delete_while_waiting_add_ended_s", addEnded[len(addEnded)-1])
+	figures.Set("delete_while_waiting_runs", map[string]any{"pod_gone_s": podGone, "add_ended_s": addEnded})
+}
+
+// checkDefaultPodWatch: `netready install` with its defaults wrote podWatch with the kubelet's
+// own server and credentials from the data dir (K3s's kubelet.kubeconfig).
+func checkDefaultPodWatch(t *testing.T, n *Node) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(n.CNIConfDir(), OwnedConflist))
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("pod deleted while its ADD waited: gone from the API after %v; the ADD process ended %v after the delete (its log line: %q)",
-		podGone.Round(time.Millisecond), addGone.Round(time.Millisecond), outcome)
-	figures.Set("delete_while_waiting_s", round1(podGone.Seconds()))
-	figures.Set("delete_while_waiting_add_ended_s", round1(addGone.Seconds()))
-	if podGone == 0 {
-		t.Fatalf("the pod was still there 150 s after the delete")
+	var list struct {
+		Plugins []struct {
+			Type     string            `json:"type"`
+			PodWatch map[string]string `json:"podWatch"`
+		} `json:"plugins"`
 	}
-	// Bound: the ADD's remaining time plus the kubelet's teardown (generous on a busy machine).
-	if podGone > timeout+30*time.Second {
-		t.Errorf("the pod was gone %v after the delete, want <= netready's timeout (%v) + 30 s", podGone, timeout)
+	if err := json.Unmarshal(raw, &list); err != nil || len(list.Plugins) == 0 {
+		t.Fatalf("%s: %v", OwnedConflist, err)
 	}
-	if podGone < 5*time.Second {
-		t.Logf("the pod went within 5 s: the runtime now cancels a waiting ADD (update README's figures)")
+	agent := filepath.Join(n.DataDir, "agent")
+	got := list.Plugins[len(list.Plugins)-1].PodWatch
+	want := map[string]string{"server": "https://127.0.0.1:6443", "caFile": filepath.Join(agent, "server-ca.crt"),
+		"certFile": filepath.Join(agent, "client-kubelet.crt"), "keyFile": filepath.Join(agent, "client-kubelet.key")}
+	if !maps.Equal(got, want) {
+		t.Errorf("the installed netready's podWatch is %v, want %v", got, want)
 	}
 }

@@ -42,6 +42,7 @@ func (n *Node) ImportImage(ctx context.Context, tar string) (string, error) {
 // FleetOptions are the tier's values for deploy/netready.yaml.
 type FleetOptions struct {
 	ConfDir, BinDir string // K3s's CNI dirs on the node
+	DataDir         string // K3s's data dir: the agent fills podWatch from its agent/kubelet.kubeconfig
 	Image           string // repository:tag, imported beforehand (imagePullPolicy Never)
 	Probes          []string
 	LogDir          string // the node's dir for netready's log (hostPath), instead of /var/log/netready
@@ -65,6 +66,9 @@ func RenderManifest(manifest string, o FleetOptions) (string, error) {
 		{"the probes", `(?m)^(\s+"probes": )\[\],$`, "${1}" + probes + ","},
 		{"the image", `(?m)^(\s+image: )"[^"]+"$`, "${1}\"" + o.Image + "\""},
 		{"the pull policy", `(?m)^(\s+imagePullPolicy: )IfNotPresent$`, "${1}Never"},
+		{"the agent's K3s data dir", `(?m)^(\s+- --k3s-data-dir=)/var/lib/rancher/k3s$`, "${1}" + o.DataDir},
+		{"the kubelet kubeconfig's mount", `(?m)^(\s+mountPath: )/var/lib/rancher/k3s/agent/kubelet\.kubeconfig$`, "${1}" + filepath.Join(o.DataDir, "agent", "kubelet.kubeconfig")},
+		{"the kubelet kubeconfig's hostPath", `(?m)^(\s+path: )/var/lib/rancher/k3s/agent/kubelet\.kubeconfig$`, "${1}" + filepath.Join(o.DataDir, "agent", "kubelet.kubeconfig")},
 	}
 	for _, e := range edits {
 		re := regexp.MustCompile(e.re)

@@ -244,7 +244,7 @@ func TestDaemonSet(t *testing.T) {
 	}
 	logDir := filepath.Join(n.Dir, "fleet-log")
 	logFile := filepath.Join(logDir, "netready.log")
-	manifest, err := RenderManifest(string(raw), FleetOptions{ConfDir: n.CNIConfDir(), BinDir: n.CNIBinDir(),
+	manifest, err := RenderManifest(string(raw), FleetOptions{ConfDir: n.CNIConfDir(), BinDir: n.CNIBinDir(), DataDir: n.DataDir,
 		Image: FleetImageRepo + ":" + version, Probes: []string{testbed.ProbeDB}, LogDir: logDir})
 	if err != nil {
 		t.Fatal(err)
@@ -277,6 +277,7 @@ func TestDaemonSet(t *testing.T) {
 	}
 	chain := waitChain(t, n, true)
 	t.Logf("agent pod running (hostNetwork); containerd's chain %v %v after kubectl apply, K3s not restarted", chain, time.Since(applied).Round(100*time.Millisecond))
+	checkDefaultPodWatch(t, n) // the agent filled it from the node's kubelet.kubeconfig
 
 	runPod := func(name string) {
 		t.Helper()

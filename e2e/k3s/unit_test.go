@@ -139,14 +139,15 @@ func TestRenderManifest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := FleetOptions{ConfDir: "/d/agent/etc/cni/net.d", BinDir: "/d/data/cni", Image: FleetImageRepo + ":e2e", Probes: []string{"tcp://198.51.100.10:5432"}, LogDir: "/r/log"}
+	o := FleetOptions{ConfDir: "/d/agent/etc/cni/net.d", BinDir: "/d/data/cni", DataDir: "/d", Image: FleetImageRepo + ":e2e", Probes: []string{"tcp://198.51.100.10:5432"}, LogDir: "/r/log"}
 	got, err := RenderManifest(string(raw), o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"path: /d/agent/etc/cni/net.d\n", "path: /d/data/cni\n", "path: /r/log\n",
 		`"logFile": "/r/log/netready.log",`, `"probes": ["tcp://198.51.100.10:5432"],`,
-		`image: "docker.io/netready/netready:e2e"`, "imagePullPolicy: Never", "mountPath: /var/log/netready\n"} {
+		`image: "docker.io/netready/netready:e2e"`, "imagePullPolicy: Never", "mountPath: /var/log/netready\n",
+		"- --k3s-data-dir=/d\n", "mountPath: /d/agent/kubelet.kubeconfig\n", "path: /d/agent/kubelet.kubeconfig\n"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("rendered manifest lacks %q", want)
 		}

@@ -23,6 +23,7 @@ const (
 	Timeout        Outcome = "timeout"         // the budget ran out; code 11, the runtime retries
 	TimeoutAllowed Outcome = "timeout-allowed" // the budget ran out with onTimeout "allow": passed, WARN
 	Interrupted    Outcome = "interrupted"     // a signal from the runtime, or the netns removed
+	PodDeleted     Outcome = "pod-deleted"     // the API server said the pod was deleted, re-created or is being deleted (podWatch)
 	Failed         Outcome = "failed"          // a condition that cannot heal (link gone, DAD failed)
 	Error          Outcome = "error"           // the invocation failed before or outside the gate (Code, Error)
 	OK             Outcome = "ok"              // DEL, STATUS, GC, and what has nothing to wait for

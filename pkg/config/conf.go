@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"iter"
 	"maps"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -37,6 +38,19 @@ type Conf struct {
 	Annotations AnnotationPolicy
 	// LogFile is the absolute path of the JSON-lines log; "" logs to stderr.
 	LogFile string
+	// PodWatch, when set, lets a waiting ADD ask the API server whether its
+	// pod was deleted meanwhile; nil (the default) never contacts it.
+	PodWatch *PodWatch
+}
+
+// PodWatch is the "podWatch" object: how to reach the Kubernetes API server
+// with credentials that may read the pod (on K3s, the kubelet's own).
+type PodWatch struct {
+	Server   string        // https URL of the API server, as the node reaches it
+	CAFile   string        // PEM bundle the server's certificate must chain to
+	CertFile string        // PEM client certificate
+	KeyFile  string        // its PEM key
+	After    time.Duration // how long the ADD must have waited before the first request
 }
 
 // RuntimeConfig holds the runtime-injected values netready uses.
@@ -84,6 +98,11 @@ var (
 		AttemptTimeout: DefaultAttemptTimeout,
 	}
 	defaultAnnotations = AnnotationPolicy{Allow: true, MaxTimeout: 2 * DefaultTimeout, MaxProbes: 8}
+	// A ready pod is gated within milliseconds, and a short wait (a route
+	// programmed late) within tens of them: neither should pay for a TLS
+	// connection to the API server, nor load it, so the watch starts only
+	// once a wait has lasted a second.
+	defaultPodWatchAfter = time.Second
 )
 
 // minInterval keeps a typo such as "10us" from flooding a target that is down.
@@ -92,10 +111,11 @@ const minInterval = time.Millisecond
 // Field names, per object, in the order error messages list them.
 var (
 	cniFields        = []string{"name", "cniVersion", "type", "prevResult", "runtimeConfig", "capabilities", "args", "dns", "ipam"}
-	ownFields        = []string{"timeout", "onTimeout", "gateway", "defaultRoute", "probes", "interval", "maxInterval", "attemptTimeout", "skip", "rules", "annotations", "logFile"}
+	ownFields        = []string{"timeout", "onTimeout", "gateway", "defaultRoute", "probes", "interval", "maxInterval", "attemptTimeout", "skip", "rules", "annotations", "logFile", "podWatch"}
 	skipFields       = []string{"namespaces", "pods"}
 	ruleFields       = []string{"namespaces", "pods", "probes", "timeout", "onTimeout", "gateway", "defaultRoute"}
 	annotationFields = []string{"allow", "maxTimeout", "maxProbes", "allowSkip"}
+	podWatchFields   = []string{"server", "caFile", "certFile", "keyFile", "after"}
 )
 
 // Parse reads netready's plugin object from the runtime's stdin. Every
@@ -161,6 +181,11 @@ func Parse(stdin []byte) (*Conf, error) {
 	if raw := top["annotations"]; present(raw) {
 		if m := d.object("annotations", raw, annotationFields); m != nil {
 			d.annotationPolicy(m, &c.Annotations)
+		}
+	}
+	if raw := top["podWatch"]; present(raw) {
+		if m := d.object("podWatch", raw, podWatchFields); m != nil {
+			c.PodWatch = d.podWatch(m)
 		}
 	}
 
@@ -236,6 +261,59 @@ func (d *decoder) annotationPolicy(m map[string]json.RawMessage, a *AnnotationPo
 		d.errorf("annotations.maxProbes", "want 0 or more, got %d", a.MaxProbes)
 	}
 	d.boolean("annotations.allowSkip", m["allowSkip"], &a.AllowSkip)
+}
+
+// podWatch decodes the "podWatch" object; every field but after is
+// required, since a half-configured watch would only fail at each ADD.
+func (d *decoder) podWatch(m map[string]json.RawMessage) *PodWatch {
+	w := &PodWatch{After: defaultPodWatchAfter}
+	n := d.count()
+	if !present(m["server"]) {
+		d.errorf("podWatch.server", `missing: want the API server's https URL, such as "https://127.0.0.1:6443" (on K3s: the server: line of <data-dir>/agent/kubelet.kubeconfig)`)
+	} else if d.decode("podWatch.server", m["server"], &w.Server, "a string") {
+		if err := checkServerURL(w.Server); err != "" {
+			d.errorf("podWatch.server", "%s", err)
+		}
+	}
+	for _, f := range []struct {
+		name, example string
+		dst           *string
+	}{
+		{"caFile", "server-ca.crt", &w.CAFile},
+		{"certFile", "client-kubelet.crt", &w.CertFile},
+		{"keyFile", "client-kubelet.key", &w.KeyFile},
+	} {
+		path := "podWatch." + f.name
+		switch {
+		case !present(m[f.name]):
+			d.errorf(path, "missing: want the absolute path of a PEM file (on K3s: <data-dir>/agent/%s)", f.example)
+		case d.decode(path, m[f.name], f.dst, "a string") && !filepath.IsAbs(*f.dst):
+			d.errorf(path, "want an absolute path, got %q: the runtime chooses netready's working directory", clip(*f.dst))
+		}
+	}
+	d.duration("podWatch.after", m["after"], &w.After)
+	if d.count() > n {
+		return nil
+	}
+	return w
+}
+
+// checkServerURL says what is wrong with an API server URL, or "".
+func checkServerURL(s string) string {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("want an https URL such as \"https://127.0.0.1:6443\", got %q", clip(s))
+	case u.Scheme != "https":
+		return fmt.Sprintf("want an https URL (netready sends the node's client certificate, never in clear), got %q", clip(s))
+	case u.Host == "" || u.Hostname() == "":
+		return fmt.Sprintf("want a host in the URL, such as \"https://127.0.0.1:6443\", got %q", clip(s))
+	case u.User != nil:
+		return "want no userinfo in the URL: the client certificate authenticates"
+	case u.RawQuery != "" || u.Fragment != "":
+		return fmt.Sprintf("want no query or fragment in the URL, got %q", clip(s))
+	}
+	return ""
 }
 
 // decoder decodes fields one by one so that each error names its field,

@@ -69,8 +69,28 @@ func TestParseDefaults(t *testing.T) {
 	if wantA := (AnnotationPolicy{Allow: true, MaxTimeout: 120 * time.Second, MaxProbes: 8}); c.Annotations != wantA {
 		t.Errorf("Annotations = %+v, want %+v", c.Annotations, wantA)
 	}
-	if c.LogFile != "" || c.Rules != nil || c.Skip.Namespaces != nil || c.Skip.Pods != nil {
-		t.Errorf("want no logFile, rules or skip, got %+v", c)
+	if c.LogFile != "" || c.Rules != nil || c.Skip.Namespaces != nil || c.Skip.Pods != nil || c.PodWatch != nil {
+		t.Errorf("want no logFile, rules, skip or podWatch, got %+v", c)
+	}
+}
+
+func TestParsePodWatch(t *testing.T) {
+	const k3s = `"server": "https://127.0.0.1:6443", "caFile": "/var/lib/rancher/k3s/agent/server-ca.crt",
+	  "certFile": "/var/lib/rancher/k3s/agent/client-kubelet.crt", "keyFile": "/var/lib/rancher/k3s/agent/client-kubelet.key"`
+	want := PodWatch{Server: "https://127.0.0.1:6443", CAFile: "/var/lib/rancher/k3s/agent/server-ca.crt",
+		CertFile: "/var/lib/rancher/k3s/agent/client-kubelet.crt", KeyFile: "/var/lib/rancher/k3s/agent/client-kubelet.key", After: time.Second}
+	c := mustParse(t, `{"podWatch": {`+k3s+`}}`)
+	if c.PodWatch == nil || *c.PodWatch != want {
+		t.Errorf("PodWatch = %+v, want %+v (after defaults to 1s)", c.PodWatch, want)
+	}
+	c = mustParse(t, `{"podWatch": {`+k3s+`, "after": "250ms"}}`)
+	want.After = 250 * time.Millisecond
+	if c.PodWatch == nil || *c.PodWatch != want {
+		t.Errorf("PodWatch = %+v, want %+v", c.PodWatch, want)
+	}
+	c = mustParse(t, `{"podWatch": null}`)
+	if c.PodWatch != nil {
+		t.Errorf("podWatch null: PodWatch = %+v, want nil", c.PodWatch)
 	}
 }
 
@@ -238,6 +258,15 @@ func TestParseErrors(t *testing.T) {
 		{"maxInterval bad", `{"maxInterval": "fast"}`, 7, []string{`"maxInterval": want a positive`}},
 		{"logFile relative", `{"logFile": "netready.log"}`, 7, []string{`"logFile": want an absolute path`}},
 		{"logFile number", `{"logFile": 1}`, 7, []string{`"logFile": want a string`}},
+
+		{"podWatch string", `{"podWatch": "on"}`, 7, []string{`"podWatch": want an object, got the string "on"`}},
+		{"podWatch empty", `{"podWatch": {}}`, 7, []string{`"podWatch.server": missing: want the API server's https URL`, `"podWatch.caFile": missing`, `"podWatch.certFile": missing`, `"podWatch.keyFile": missing`}},
+		{"podWatch typo", `{"podWatch": {"sever": "https://127.0.0.1:6443"}}`, 7, []string{`"podWatch.sever": unknown field; did you mean "server"?`}},
+		{"podWatch http", `{"podWatch": {"server": "http://127.0.0.1:6443", "caFile": "/a", "certFile": "/b", "keyFile": "/c"}}`, 7, []string{`"podWatch.server": want an https URL (netready sends the node's client certificate, never in clear), got "http://127.0.0.1:6443"`}},
+		{"podWatch no host", `{"podWatch": {"server": "https://:6443", "caFile": "/a", "certFile": "/b", "keyFile": "/c"}}`, 7, []string{`"podWatch.server": want a host`}},
+		{"podWatch userinfo", `{"podWatch": {"server": "https://u:secret@127.0.0.1:6443", "caFile": "/a", "certFile": "/b", "keyFile": "/c"}}`, 7, []string{`"podWatch.server": want no userinfo`}},
+		{"podWatch relative file", `{"podWatch": {"server": "https://127.0.0.1:6443", "caFile": "server-ca.crt", "certFile": "/b", "keyFile": "/c"}}`, 7, []string{`"podWatch.caFile": want an absolute path, got "server-ca.crt"`}},
+		{"podWatch after", `{"podWatch": {"server": "https://127.0.0.1:6443", "caFile": "/a", "certFile": "/b", "keyFile": "/c", "after": "0s"}}`, 7, []string{`"podWatch.after": want a positive Go duration`}},
 
 		{"skip string", `{"skip": "kube-system"}`, 7, []string{`"skip": want an object, got the string "kube-system"`}},
 		{"skip typo", `{"skip": {"namespace": ["kube-system"]}}`, 7, []string{`"skip.namespace": unknown field; did you mean "namespaces"?`}},

@@ -25,18 +25,21 @@ const annotationPrefix = "netready.dev/"
 // Pod is what Resolve knows of a pod.
 type Pod struct {
 	Namespace, Name string
-	Annotations     map[string]string
+	// UID is K8S_POD_UID, which tells this pod from one re-created under
+	// the same name; "" when the runtime did not say.
+	UID         string
+	Annotations map[string]string
 }
 
 // Pod returns the pod that cniArgs (CNI_ARGS) names through K8S_POD_NAMESPACE
-// and K8S_POD_NAME, as containerd and CRI-O set them for Kubernetes sandboxes,
-// with the annotations the runtime passed in runtimeConfig. Other keys
-// (IgnoreUnknown, K8S_POD_UID, ...) are ignored, in any order. Outside
+// and K8S_POD_NAME (and K8S_POD_UID), as containerd and CRI-O set them for
+// Kubernetes sandboxes, with the annotations the runtime passed in
+// runtimeConfig. Other keys (IgnoreUnknown, ...) are ignored, in any order. Outside
 // Kubernetes both names are empty, which no skip entry or rule matches. A
 // pair without '=' or a name given twice is an error (code 4) naming CNI_ARGS.
 func (c *Conf) Pod(cniArgs string) (Pod, error) {
 	pod := Pod{Annotations: c.RuntimeConfig.PodAnnotations}
-	var seenNS, seenName bool
+	var seenNS, seenName, seenUID bool
 	for pair := range strings.SplitSeq(cniArgs, ";") {
 		if pair == "" {
 			continue // "a=b;" from a runtime that ends every pair with ';'
@@ -52,6 +55,8 @@ func (c *Conf) Pod(cniArgs string) (Pod, error) {
 			pod.Namespace, seen = v, &seenNS
 		case "K8S_POD_NAME":
 			pod.Name, seen = v, &seenName
+		case "K8S_POD_UID":
+			pod.UID, seen = v, &seenUID
 		default:
 			continue
 		}

@@ -200,13 +200,14 @@ func TestPod(t *testing.T) {
 		wantErr    string
 	}{
 		{"containerd", "IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-7c6b;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u",
-			Pod{Namespace: "kube-system", Name: "coredns-7c6b"}, ""},
+			Pod{Namespace: "kube-system", Name: "coredns-7c6b", UID: "u"}, ""},
 		{"any order, trailing separator", "K8S_POD_NAME=web;FOO=bar=baz;K8S_POD_NAMESPACE=default;", Pod{Namespace: "default", Name: "web"}, ""},
 		{"none", "", Pod{}, ""},
 		{"only other keys", "IgnoreUnknown=1", Pod{}, ""},
 		{"pair without =", "K8S_POD_NAMESPACE=default;junk", Pod{}, `CNI_ARGS: "junk" is not KEY=VALUE`},
 		{"empty key", "=x", Pod{}, `CNI_ARGS: "=x" is not KEY=VALUE`},
 		{"namespace twice", "K8S_POD_NAMESPACE=a;K8S_POD_NAMESPACE=b", Pod{}, "CNI_ARGS: K8S_POD_NAMESPACE given twice"},
+		{"uid twice", "K8S_POD_UID=a;K8S_POD_UID=b", Pod{}, "CNI_ARGS: K8S_POD_UID given twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

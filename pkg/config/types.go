@@ -65,8 +65,9 @@ const (
 //   - after a failed ADD the kubelet retries the sandbox 11.9-18.8 s later
 //     (more after repeated failures), so an outage that outlasts the timeout
 //     costs the pod that gap: DefaultTimeout outlasts outages of up to a
-//     minute, while a pod deleted during its ADD (which neither the kubelet
-//     nor containerd stops) lingers at most that long.
+//     minute. A pod deleted during its ADD (which neither the kubelet nor
+//     containerd stops) would linger that long; podWatch ends such an ADD
+//     once the API server marks the pod deleted.
 //
 // CRI-O bounds a CNI call at 60 s: there, keep timeout at 50 s or less.
 const (

@@ -56,6 +56,7 @@ type Settings struct {
 	OnTimeout      string   // "fail" or "allow"
 	SkipNamespaces []string // pods of these namespaces pass ungated
 	LogFile        string   // absolute path; "" logs to stderr
+	PodWatch       *PodWatch
 }
 
 // pluginObject fixes the key order of the generated object, so the file
@@ -68,6 +69,7 @@ type pluginObject struct {
 	Probes       []string        `json:"probes"`
 	Skip         *skipObject     `json:"skip,omitempty"`
 	LogFile      string          `json:"logFile,omitempty"`
+	PodWatch     *PodWatch       `json:"podWatch,omitempty"`
 }
 
 type skipObject struct {
@@ -84,6 +86,7 @@ func PluginObject(s Settings) ([]byte, error) {
 		OnTimeout:    s.OnTimeout,
 		Probes:       s.Probes,
 		LogFile:      s.LogFile,
+		PodWatch:     s.PodWatch,
 	}
 	if o.Timeout == "" {
 		// Written out, so an operator reading the chain sees the budget;

@@ -30,14 +30,41 @@ func newFakeNode(t *testing.T, live string) *fakeNode {
 		n.write(DefaultDataDir+"/data/cni/"+p, "#!/bin/sh\n", 0o755)
 	}
 	n.mkdir(DefaultDataDir + "/agent/etc/cni/net.d")
-	if live != "" {
+	if live != "" { // K3s has started: its chain and the kubelet's kubeconfig are there
 		n.write(DefaultDataDir+"/agent/etc/cni/net.d/"+PrimaryName, live, 0o644)
+		n.write(DefaultDataDir+"/"+kubeletKubeconfigInDataDir, k3sKubeletKubeconfig("https://127.0.0.1:6443", DefaultDataDir), 0o600)
 	}
 	n.bin = filepath.Join(t.TempDir(), "netready")
 	if err := os.WriteFile(n.bin, []byte("netready build 1\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// k3sKubeletKubeconfig is the kubelet.kubeconfig K3s writes (its
+// kubeconfig template, k3s pkg/daemons/control/deps).
+func k3sKubeletKubeconfig(server, dataDir string) string {
+	return `apiVersion: v1
+clusters:
+- cluster:
+    server: ` + server + `
+    certificate-authority: ` + dataDir + `/agent/server-ca.crt
+  name: local
+contexts:
+- context:
+    cluster: local
+    namespace: default
+    user: user
+  name: Default
+current-context: Default
+kind: Config
+preferences: {}
+users:
+- name: user
+  user:
+    client-certificate: ` + dataDir + `/agent/client-kubelet.crt
+    client-key: ` + dataDir + `/agent/client-kubelet.key
+`
 }
 
 func (n *fakeNode) path(p string) string { return filepath.Join(n.root, p) }

@@ -39,6 +39,9 @@ func ReadNode(o Options, binary string) (*Node, error) {
 			return nil, fmt.Errorf("cannot read the binary to install: %v; pass --binary PATH", err)
 		}
 	}
+	if n.KubeletKubeconfig, err = readIfExists(at(filepath.Join(n.Paths.DataDir, kubeletKubeconfigInDataDir))); err != nil {
+		return nil, err
+	}
 	if raw, err := readIfExists(at(n.Paths.State)); err != nil {
 		return nil, err
 	} else if raw != nil {

@@ -43,6 +43,9 @@ type Options struct {
 	Binary   string // the binary to install, as this process sees it; "" leaves the bin dir's as it is
 	Mode     Mode
 	Settings Settings
+	// NoPodWatch keeps install from filling Settings.PodWatch from K3s's
+	// kubelet credentials (K3sPodWatch) when it is nil.
+	NoPodWatch bool
 }
 
 // Node is what was read from the node; PlanInstall and PlanUninstall decide
@@ -69,6 +72,8 @@ type Node struct {
 	CNIConfSetIn []string
 	// Binary is the binary to install, nil for uninstall.
 	Binary []byte
+	// KubeletKubeconfig is <data-dir>/agent/kubelet.kubeconfig, nil when absent.
+	KubeletKubeconfig []byte
 }
 
 // State is install's record of what it made, kept beside K3s's conf dir
@@ -135,7 +140,18 @@ func PlanInstall(o Options, n *Node) (steps []Step, notes []string, err error) {
 	if n.State != nil && n.State.Mode != o.Mode {
 		return nil, nil, refuse("netready is installed here in %s mode (record %s); run netready uninstall first, then install in %s mode.", n.State.Mode, n.Paths.State, o.Mode)
 	}
-	obj, err := PluginObject(o.Settings)
+	settings := o.Settings
+	if settings.PodWatch == nil && !o.NoPodWatch {
+		// A pod deleted while its ADD waits lingers until the ADD ends:
+		// neither the kubelet nor containerd stops it. The kubelet's own
+		// credentials let netready see the deletion.
+		if pw, err := K3sPodWatch(n.Paths.DataDir, n.KubeletKubeconfig); err != nil {
+			notes = append(notes, fmt.Sprintf("podWatch is off: %v; a pod deleted while its ADD waits lingers until netready's timeout; run netready install again once K3s is up", err))
+		} else {
+			settings.PodWatch = pw
+		}
+	}
+	obj, err := PluginObject(settings)
 	if err != nil {
 		return nil, nil, refuse("%v.", err)
 	}

@@ -198,8 +198,9 @@ func TestNoLiveChainUsesBuiltIn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(notes) == 0 || !strings.Contains(notes[0], "built-in chain") {
-		t.Errorf("notes %q; want one saying the built-in chain is used", notes)
+	if len(notes) != 2 || !strings.Contains(notes[0], "podWatch is off: no /var/lib/rancher/k3s/agent/kubelet.kubeconfig") ||
+		!strings.Contains(notes[1], "built-in chain") {
+		t.Errorf("notes %q; want one saying podWatch is off (no kubelet kubeconfig yet) and one saying the built-in chain is used", notes)
 	}
 	if _, err := Apply(n.root, steps); err != nil {
 		t.Fatal(err)

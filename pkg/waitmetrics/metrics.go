@@ -69,7 +69,7 @@ func New(namespaces bool) *Metrics {
 		return f
 	}
 	m.adds = add("netready_adds_total", "counter",
-		"CNI ADDs netready logged, by outcome (ready, skipped, timeout, timeout-allowed, interrupted, failed, error).",
+		"CNI ADDs netready logged, by outcome (ready, skipped, timeout, timeout-allowed, interrupted, pod-deleted, failed, error).",
 		append([]string{"outcome"}, ns...)...)
 	m.wait = add("netready_wait_seconds", "histogram",
 		"How long a gated ADD held the pod: netready's start to ready (or to giving up).", ns...)

@@ -109,6 +109,29 @@ func TestMetricsFromRotatingLog(t *testing.T) {
 	}
 }
 
+// TestPodDeletedLine: the line of an ADD ended by podWatch (the pod was
+// deleted while it waited) parses and counts as a wait, with its outcome.
+func TestPodDeletedLine(t *testing.T) {
+	line := []byte(`{"time":"2026-11-30T22:30:00Z","level":"ERROR","msg":"netready ADD","verb":"ADD","outcome":"pod-deleted","total_ms":2210.5,` +
+		`"pod":"default/web","conditions":[{"name":"tcp://198.51.100.10:5432","ready":false,"attempts":60,"error":"no answer within 1s"}],` +
+		`"code":100,"error":"pod default/web was deleted while netready waited (after 2.21s): pod default/web is being deleted: deletionTimestamp 2026-11-30T22:29:59Z (watch)"}` + "\n")
+	m := New(false)
+	m.ObserveLine(line)
+	fams, _ := scrape(t, m)
+	if got := counter(t, fams, "netready_adds_total", map[string]string{"outcome": "pod-deleted"}); got != 1 {
+		t.Errorf("adds_total{outcome=pod-deleted} = %v, want 1", got)
+	}
+	if got := counter(t, fams, "netready_log_lines_skipped_total", nil); got != 0 {
+		t.Errorf("the line was skipped")
+	}
+	if h := histogram(t, fams, "netready_wait_seconds", nil); h.GetSampleCount() != 1 || h.GetSampleSum() < 2.2 || h.GetSampleSum() > 2.3 {
+		t.Errorf("wait histogram: %v, want the 2.21 s wait", h)
+	}
+	if got := counter(t, fams, "netready_conditions_unmet_total", map[string]string{"kind": "tcp"}); got != 1 {
+		t.Errorf("unmet tcp = %v, want 1", got)
+	}
+}
+
 func TestNamespaceLabelsOptIn(t *testing.T) {
 	m := New(true)
 	m.Observe(record("shop/a", logrec.Ready, 3))

@@ -48,13 +48,13 @@ func Kind(name string) string {
 }
 
 // Gated reports whether an ADD record ran the gate, so that its total_ms is a wait: ready, timed
-// out (either way), failed or interrupted. Skipped pods and errors before the gate are not waits.
+// out (either way), failed, interrupted, or ended because the pod was deleted. Skipped pods and errors before the gate are not waits.
 func Gated(r logrec.Record) bool {
 	if r.Verb != "ADD" {
 		return false
 	}
 	switch r.Outcome {
-	case logrec.Ready, logrec.Timeout, logrec.TimeoutAllowed, logrec.Failed, logrec.Interrupted:
+	case logrec.Ready, logrec.Timeout, logrec.TimeoutAllowed, logrec.Failed, logrec.Interrupted, logrec.PodDeleted:
 		return true
 	}
 	return false

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -30,6 +31,7 @@ func cliAgent(args []string, stdout, stderr io.Writer) int {
 	metricsAddr := fs.String("metrics-addr", ":9725", "HOST:PORT to serve /metrics on ('' for none)")
 	namespaces := fs.Bool("metrics-namespaces", false, "label metrics by pod namespace (one series per namespace)")
 	interval := fs.Duration("interval", agent.Interval, "how often the conf dir is checked")
+	k3sDataDir := fs.String("k3s-data-dir", "", "fill podWatch (unless the config sets it) from K3s's kubelet credentials: DIR/agent/kubelet.kubeconfig, mounted at that path")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -42,6 +44,17 @@ func cliAgent(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		log.Error("cannot read the config", "path", *confPath, "error", err.Error())
 		return exitCannot
+	}
+	if *k3sDataDir != "" {
+		kc, err := os.ReadFile(filepath.Join(*k3sDataDir, "agent", "kubelet.kubeconfig"))
+		if err != nil {
+			kc = nil
+		}
+		if p, err := agent.WithK3sPodWatch(plugin, *k3sDataDir, kc); err != nil {
+			log.Warn("podWatch is off: a pod deleted while its ADD waits lingers until netready's timeout", "error", err.Error())
+		} else {
+			plugin = p
+		}
 	}
 	a, err := agent.New(*confDir, *binDir, plugin, log)
 	if err != nil {

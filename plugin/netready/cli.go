@@ -62,7 +62,7 @@ Run by a container runtime (CNI_COMMAND set), it speaks CNI. Run by hand:
   netready install [--probe URL ...] [--timeout DUR] [--on-timeout fail|allow]
                    [--skip-namespace NS ...] [--log-file PATH] [--mode owned|flannel-cni-conf]
                    [--binary PATH] [--bin-dir DIR] [--data-dir DIR] [--root DIR]
-                   [--restart] [--dry-run]
+                   [--no-pod-watch] [--restart] [--dry-run]
       Chain netready last in K3s's flannel chain on this node (as root). The
       default owned mode writes K3s's live chain with netready last to
       <data-dir>/agent/etc/cni/net.d/00-netready.conflist, which containerd
@@ -70,7 +70,10 @@ Run by a container runtime (CNI_COMMAND set), it speaks CNI. Run by hand:
       into K3s's CNI bin dir. --skip-namespace defaults to kube-system (''
       skips none); --log-file defaults to /var/log/netready/netready.log
       ('' logs to stderr, which K3s loses); --data-dir defaults to the
-      running k3s's. A second identical run changes nothing. It ends by
+      running k3s's. podWatch (a waiting ADD ends once the API server says
+      its pod was deleted) uses the kubelet's credentials from
+      <data-dir>/agent; --no-pod-watch leaves it out. A second identical
+      run changes nothing. It ends by
       checking that the first conflist containerd reads chains netready.
       Exit 0 done, 1 failed or refused (nothing changed unless it says so;
       also a --root that is not a directory), 2 usage error, 3 files in place but netready not in containerd's chain

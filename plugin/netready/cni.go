@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -20,6 +21,7 @@ import (
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
 	"github.com/netready/netready/pkg/podcheck"
+	"github.com/netready/netready/pkg/podwatch"
 	"github.com/netready/netready/pkg/probe"
 )
 
@@ -36,12 +38,12 @@ type plugin struct {
 func (p *plugin) add(args *skel.CmdArgs) error {
 	rec := p.newRecord("ADD", args)
 	defer rec.write()
-	conf, prev, spec, err := prepare(rec, args)
+	conf, prev, pod, spec, err := prepare(rec, args)
 	if err != nil {
 		return rec.fail(err)
 	}
 	if !spec.Skipped {
-		if err := p.gate(rec, args, conf.Name, spec, prev, spec.Timeout); err != nil {
+		if err := p.gate(rec, args, conf.Name, spec, prev, spec.Timeout, conf.PodWatch, pod); err != nil {
 			return rec.fail(err)
 		}
 	}
@@ -54,11 +56,12 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 func (p *plugin) check(args *skel.CmdArgs) error {
 	rec := p.newRecord("CHECK", args)
 	defer rec.write()
-	conf, prev, spec, err := prepare(rec, args)
+	conf, prev, _, spec, err := prepare(rec, args)
 	if err != nil || spec.Skipped {
 		return rec.fail(err)
 	}
-	return rec.fail(p.gate(rec, args, conf.Name, spec, prev, min(spec.Timeout, checkBudget)))
+	// No podWatch: CHECK's budget is shorter than the watch's start.
+	return rec.fail(p.gate(rec, args, conf.Name, spec, prev, min(spec.Timeout, checkBudget), nil, config.Pod{}))
 }
 
 // del always succeeds: netready created nothing, so there is nothing to
@@ -92,17 +95,17 @@ func (p *plugin) gc(args *skel.CmdArgs) error {
 }
 
 // prepare reads what ADD and CHECK gate on: the plugin object and the
-// previous plugin's result (parse), then the pod's spec from CNI_ARGS and
-// its annotations. A skipped pod's record says so.
-func prepare(rec *record, args *skel.CmdArgs) (*config.Conf, *current.Result, config.Spec, error) {
+// previous plugin's result (parse), then the pod from CNI_ARGS and its spec
+// from the config and the pod's annotations. A skipped pod's record says so.
+func prepare(rec *record, args *skel.CmdArgs) (*config.Conf, *current.Result, config.Pod, config.Spec, error) {
 	conf, prev, err := parse(args.StdinData)
 	if err != nil {
-		return nil, nil, config.Spec{}, err
+		return nil, nil, config.Pod{}, config.Spec{}, err
 	}
 	rec.logFile = conf.LogFile
 	pod, err := conf.Pod(args.Args)
 	if err != nil {
-		return nil, nil, config.Spec{}, err
+		return nil, nil, pod, config.Spec{}, err
 	}
 	rec.setPod(pod)
 	spec, err := conf.Resolve(pod)
@@ -110,7 +113,7 @@ func prepare(rec *record, args *skel.CmdArgs) (*config.Conf, *current.Result, co
 	if err == nil && spec.Skipped {
 		rec.outcome, rec.reason = logrec.Skipped, spec.SkipReason
 	}
-	return conf, prev, spec, err
+	return conf, prev, pod, spec, err
 }
 
 // parse reads the plugin object and the previous plugin's result.
@@ -134,8 +137,10 @@ func parse(stdin []byte) (*config.Conf, *current.Result, error) {
 }
 
 // gate waits until the pod's network works or budget (counted from the
-// plugin's start) runs out. network is the conflist's name, for messages.
-func (p *plugin) gate(rec *record, args *skel.CmdArgs, network string, spec config.Spec, prev *current.Result, budget time.Duration) error {
+// plugin's start) runs out, or, with podWatch, until the API server says
+// the pod (k8sPod) is gone. network is the conflist's name, for messages.
+func (p *plugin) gate(rec *record, args *skel.CmdArgs, network string, spec config.Spec, prev *current.Result, budget time.Duration,
+	pw *config.PodWatch, k8sPod config.Pod) error {
 	pod, err := podFromResult(args, prev)
 	if err != nil {
 		return prevResultError(network, err)
@@ -153,8 +158,14 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, network string, spec conf
 	// deadline): end the wait and answer rather than die mid-sentence.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	ctx, cancelGone := context.WithCancelCause(ctx)
+	defer cancelGone(nil)
+	watch := watchPod(ctx, cancelGone, pw, k8sPod, p.start)
 
 	report, err := podcheck.Run(ctx, spec, pod)
+	if note := watch.Note(); note != "" && report != nil {
+		report.Notes = append(report.Notes, note)
+	}
 	switch {
 	case probe.IsBadNetNS(err):
 		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS: "+err.Error(), "")
@@ -165,6 +176,7 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, network string, spec conf
 	}
 	rec.report = report
 	waited := time.Since(p.start).Round(time.Millisecond)
+	var gone *podwatch.Gone
 	switch {
 	case report.Ready():
 		rec.outcome = logrec.Ready
@@ -175,6 +187,12 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, network string, spec conf
 		rec.outcome = logrec.Failed
 		return types.NewError(types.ErrTryAgainLater,
 			fmt.Sprintf("pod network cannot become ready (after %v): %s", waited, report.Summary()), details(report, p.start))
+	case errors.As(report.Err, &gone):
+		// Neither the kubelet nor containerd stops an ADD whose pod was
+		// deleted: without this the pod would linger until the timeout.
+		rec.outcome = logrec.PodDeleted
+		return types.NewError(CodePodDeleted,
+			fmt.Sprintf("stopped waiting after %v: %v; its sandbox is no longer wanted; unmet: %s", waited, gone, report.Summary()), details(report, p.start))
 	case report.Err != nil:
 		// A signal from the runtime, the netns removed under us.
 		rec.outcome = logrec.Interrupted

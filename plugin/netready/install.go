@@ -110,6 +110,7 @@ func cliInstall(args []string, stdout, stderr io.Writer) int {
 	logFile := fs.String("log-file", install.DefaultLogFile, "netready's log file; '' logs to stderr (lost on K3s)")
 	mode := fs.String("mode", string(install.ModeOwned), "owned or flannel-cni-conf")
 	binary := fs.String("binary", "", "the netready binary to install (default: this one)")
+	noPodWatch := fs.Bool("no-pod-watch", false, "never ask the API server whether a waiting pod was deleted (default: ask, with the kubelet's credentials from <data-dir>/agent)")
 	if code := nf.parse(fs, args, stderr, "install"); code != exitReady {
 		return code
 	}
@@ -146,7 +147,7 @@ func cliInstall(args []string, stdout, stderr io.Writer) int {
 	if !needRoot(nf, stderr, "install") {
 		return exitFailed
 	}
-	o := install.Options{Root: nf.root, DataDir: nf.dataDir, BinDir: nf.binDir, Binary: *binary, Mode: m,
+	o := install.Options{Root: nf.root, DataDir: nf.dataDir, BinDir: nf.binDir, Binary: *binary, Mode: m, NoPodWatch: *noPodWatch,
 		Settings: install.Settings{Probes: probes, Timeout: *timeout, OnTimeout: *onTimeout, SkipNamespaces: skipNS, LogFile: *logFile}}
 	node, err := install.ReadNode(o, *binary)
 	if err != nil {

@@ -18,3 +18,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- else -}}{{ fail (printf "cni.paths is %q: want k3s or standard (or set cni.confDir and cni.binDir)" .Values.cni.paths) }}
 {{- end -}}
 {{- end -}}
+
+{{/* Whether the agent fills podWatch from K3s's kubelet credentials: "true" or "". */}}
+{{- define "netready.k3sPodWatch" -}}
+{{- if and .Values.k3s.podWatch (eq .Values.cni.paths "k3s") (not .Values.config.podWatch) -}}true{{- end -}}
+{{- end -}}
