@@ -1,7 +1,6 @@
 package k3s
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -69,16 +68,7 @@ func TestSeed(t *testing.T) {
 	}
 	rand.Shuffle(count, func(i, j int) { offsets[i], offsets[j] = offsets[j], offsets[i] })
 
-	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fault.Unblock() })
-	watch, err := n.WatchVeths()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer watch.Close()
+	fault, watch := blockAndWatch(t, n)
 
 	vethToApp := make([]time.Duration, count) // measured in the "without" way, which runs first
 	ways := []seedWay{{name: "without"}, {name: "with", netready: true}, {name: "initcontainer", initLoop: true}}
@@ -94,20 +84,7 @@ func TestSeed(t *testing.T) {
 			var pods []seedPod
 			for i, off := range offsets {
 				p := PodSpec{Namespace: ns, Name: fmt.Sprintf("seed-%02d", i), InitLoop: way.initLoop}
-				if err := fault.Block(); err != nil {
-					t.Fatal(err)
-				}
-				veth := watch.Next()
-				created := time.Now()
-				if err := n.Apply(ctx, p); err != nil {
-					t.Fatal(err)
-				}
-				var vethAt time.Time
-				select {
-				case vethAt = <-veth:
-				case <-time.After(time.Minute):
-					t.Fatalf("pod %s: no veth in the node within a minute: %s", p.Name, n.describe(ctx, ns, p.Name))
-				}
+				created, vethAt := applyBlocked(ctx, t, n, fault, watch, p)
 				var openAt time.Time
 				if way.name == "without" {
 					appAt, err := waitAppProcess(time.Minute)
@@ -165,23 +142,23 @@ func TestSeed(t *testing.T) {
 			sum := map[string]any{
 				"pods":                      len(pods),
 				"first_connect_failures":    failures,
-				"p50_ms":                    percentile(startTo, 50),
-				"p99_ms":                    percentile(startTo, 99),
-				"p50_ms_from_create":        percentile(createTo, 50),
-				"p99_ms_from_create":        percentile(createTo, 99),
-				"p50_ms_connect_after_open": percentile(afterOpen, 50),
-				"p99_ms_connect_after_open": percentile(afterOpen, 99),
+				"p50_ms":                    testbed.Percentile(startTo, 50),
+				"p99_ms":                    testbed.Percentile(startTo, 99),
+				"p50_ms_from_create":        testbed.Percentile(createTo, 50),
+				"p99_ms_from_create":        testbed.Percentile(createTo, 99),
+				"p50_ms_connect_after_open": testbed.Percentile(afterOpen, 50),
+				"p99_ms_connect_after_open": testbed.Percentile(afterOpen, 99),
 				"per_pod":                   pods,
 			}
 			figures.SetIn("seed", way.name, sum)
 			t.Logf("%s: %d pods, %d first connects failed; container start -> connect p50 %.1f ms p99 %.1f ms; create -> connect p50 %.1f ms p99 %.1f ms; path open -> connect p50 %.1f ms p99 %.1f ms",
-				way.name, len(pods), failures, percentile(startTo, 50), percentile(startTo, 99),
-				percentile(createTo, 50), percentile(createTo, 99), percentile(afterOpen, 50), percentile(afterOpen, 99))
+				way.name, len(pods), failures, testbed.Percentile(startTo, 50), testbed.Percentile(startTo, 99),
+				testbed.Percentile(createTo, 50), testbed.Percentile(createTo, 99), testbed.Percentile(afterOpen, 50), testbed.Percentile(afterOpen, 99))
 			var delays []float64
 			for _, d := range vethToApp {
 				delays = append(delays, float64(d)/1e6)
 			}
-			sum["veth_to_app_p50_ms"] = percentile(delays, 50)
+			sum["veth_to_app_p50_ms"] = testbed.Percentile(delays, 50)
 			switch {
 			case way.netready && failures != 0:
 				t.Errorf("with netready %d of %d first connects failed, want 0", failures, len(pods))
@@ -214,17 +191,8 @@ func waitAppProcess(limit time.Duration) (time.Time, error) {
 }
 
 func appProcs() []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		c, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && strings.HasPrefix(string(c), "/app\x00") && !strings.Contains(string(c), "-init") {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return testbed.Pids(func(_ int, dir string) bool {
+		c := testbed.ProcCmdline(dir)
+		return strings.HasPrefix(c, "/app\x00") && !strings.Contains(c, "-init")
+	})
 }

@@ -9,6 +9,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"time"
+
+	"github.com/netready/netready/pkg/config"
 )
 
 // Kind says how the gate drives a condition.
@@ -45,9 +47,9 @@ type Condition struct {
 
 // Options tune the wait. Zero values take the defaults noted.
 type Options struct {
-	Interval       time.Duration // first gap between attempts of a probe (10ms)
-	MaxInterval    time.Duration // the gap doubles up to this (40ms)
-	AttemptTimeout time.Duration // one attempt's budget (1s)
+	Interval       time.Duration // first gap between attempts of a probe (config.DefaultInterval)
+	MaxInterval    time.Duration // the gap doubles up to this (config.DefaultMaxInterval)
+	AttemptTimeout time.Duration // one attempt's budget (config.DefaultAttemptTimeout)
 	// MaxInFlight caps the attempts of one probe that wait for an answer at
 	// once (8). At the cap the oldest is closed to make room: the answer that
 	// counts after a path opens is the one to a packet sent after it opened,
@@ -121,15 +123,17 @@ type Peer interface {
 	Answered()
 }
 
+// setDefaults fills in what was left zero: the schedule with the conflist's
+// own defaults (config owns them), the rest with the gate's.
 func (o *Options) setDefaults() {
 	if o.Interval <= 0 {
-		o.Interval = 10 * time.Millisecond
+		o.Interval = config.DefaultInterval
 	}
 	if o.MaxInterval < o.Interval {
-		o.MaxInterval = max(o.Interval, 40*time.Millisecond)
+		o.MaxInterval = max(o.Interval, config.DefaultMaxInterval)
 	}
 	if o.AttemptTimeout <= 0 {
-		o.AttemptTimeout = time.Second
+		o.AttemptTimeout = config.DefaultAttemptTimeout
 	}
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = 8

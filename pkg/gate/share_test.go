@@ -2,6 +2,7 @@ package gate
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -65,7 +66,7 @@ func TestSharedProbe(t *testing.T) {
 				defer cancel()
 				rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
 					Options{Watch: from(Wakeups{Peers: []Peer{peer}})})
-				if got := rec.startTimes(); !equalDurations(got, tc.want) {
+				if got := rec.startTimes(); !slices.Equal(got, tc.want) {
 					t.Errorf("attempts at %v, want %v", got, tc.want)
 				}
 				if rep.Ready() {
@@ -135,7 +136,7 @@ func TestFollowerWokenProvesItsOwnPath(t *testing.T) {
 				defer cancel()
 				rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
 					Options{Watch: from(Wakeups{Peers: []Peer{peer}, PeerAnswered: answered})})
-				if got, want := rec.startTimes(), ms(1500); !equalDurations(got, want) {
+				if got, want := rec.startTimes(), ms(1500); !slices.Equal(got, want) {
 					t.Errorf("attempts at %v, want one at once on the leader's answer", got)
 				}
 				if rep.Ready() != tc.wantReady {
@@ -206,7 +207,7 @@ func TestEventsWakeFollowerKeepingItsSlowTick(t *testing.T) {
 				}
 				opts := Options{Watch: from(w)}
 				Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}}, opts)
-				if got := rec.startTimes(); !equalDurations(got, tc.want) {
+				if got := rec.startTimes(); !slices.Equal(got, tc.want) {
 					t.Errorf("attempts at %v, want %v", got, tc.want)
 				}
 			})

@@ -1,34 +1,24 @@
 package netstate
 
 import (
-	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netns"
-)
 
-var seq atomic.Int32
+	"github.com/netready/netready/internal/testns"
+)
 
 // testNetNS makes a netns with a veth pair (eth0 inside, its peer in a
 // second netns) and removes both when the test ends.
 func testNetNS(t *testing.T) (pod, peer string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
-	}
-	n := seq.Add(1)
-	pod = fmt.Sprintf("nrst-%d-%d-pod", os.Getpid(), n)
-	peer = fmt.Sprintf("nrst-%d-%d-peer", os.Getpid(), n)
-	for _, name := range []string{pod, peer} {
-		run(t, "ip", "netns", "add", name)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	}
+	pod, _ = testns.New(t, "netstate-pod")
+	peer, _ = testns.New(t, "netstate-peer")
 	run(t, "ip", "-n", pod, "link", "add", "eth0", "type", "veth", "peer", "name", "veth0", "netns", peer)
 	run(t, "ip", "-n", pod, "link", "set", "lo", "up")
 	run(t, "ip", "-n", peer, "link", "set", "lo", "up")
@@ -37,14 +27,12 @@ func testNetNS(t *testing.T) (pod, peer string) {
 
 func run(t *testing.T, args ...string) {
 	t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
+	testns.Run(t, args[0], args[1:]...)
 }
 
 func open(t *testing.T, name string) *NetNS {
 	t.Helper()
-	nsh, err := netns.GetFromName(name)
+	nsh, err := netns.GetFromPath(filepath.Join(testns.Dir, name))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -214,9 +214,9 @@ func TestActiveConditionsUseTheSockets(t *testing.T) {
 
 func TestConditionsBadProbe(t *testing.T) {
 	s := planSpec(t, false, false)
-	s.Probes = []config.Probe{{Scheme: config.TCP, URL: "tcp://10.0.0.5", Addr: netip.MustParseAddr("10.0.0.5")}} // no port
+	s.Probes = []config.Probe{{Scheme: "sctp", URL: "sctp://10.0.0.5:9", Addr: netip.MustParseAddr("10.0.0.5"), Port: 9}}
 	_, err := Conditions(s, Pod{}, &fakeView{}, &fakeSockets{})
-	if err == nil || !strings.HasPrefix(err.Error(), "tcp://10.0.0.5: ") || !strings.Contains(err.Error(), "no port") {
-		t.Fatalf("err = %v, want one naming the probe and its missing port", err)
+	if err == nil || !strings.HasPrefix(err.Error(), "sctp://10.0.0.5:9: ") || !strings.Contains(err.Error(), "unknown scheme") {
+		t.Fatalf("err = %v, want one naming the probe and its scheme", err)
 	}
 }

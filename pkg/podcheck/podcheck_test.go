@@ -3,7 +3,6 @@ package podcheck
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -17,21 +16,16 @@ import (
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
 	"github.com/netready/netready/pkg/podns"
+
+	"github.com/netready/netready/internal/testns"
 )
 
 // testPod makes a pod netns whose eth0 (10.99.0.2/24, fd99::2/64) leads to
 // a peer netns holding the gateway 10.99.0.1, and removes both at the end.
 func testPod(t testing.TB) (pod Pod, podNS, peerNS string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
-	}
-	podNS = fmt.Sprintf("nrpc-%d-%s-pod", os.Getpid(), t.Name())
-	peerNS = fmt.Sprintf("nrpc-%d-%s-peer", os.Getpid(), t.Name())
-	for _, name := range []string{podNS, peerNS} {
-		run(t, "ip", "netns", "add", name)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	}
+	podNS, podPath := testns.New(t, "podcheck-pod")
+	peerNS, _ = testns.New(t, "podcheck-peer")
 	run(t, "ip", "-n", podNS, "link", "add", "eth0", "type", "veth", "peer", "name", "gw0", "netns", peerNS)
 	run(t, "ip", "-n", podNS, "addr", "add", "10.99.0.2/24", "dev", "eth0")
 	run(t, "ip", "-n", podNS, "addr", "add", "fd99::2/64", "dev", "eth0", "nodad")
@@ -40,7 +34,7 @@ func testPod(t testing.TB) (pod Pod, podNS, peerNS string) {
 	run(t, "ip", "-n", podNS, "link", "set", "eth0", "up")
 	run(t, "ip", "-n", podNS, "route", "add", "default", "via", "10.99.0.1")
 	pod = Pod{
-		NetNS:    "/var/run/netns/" + podNS,
+		NetNS:    podPath,
 		Links:    []Link{{Name: "eth0", Addrs: []netip.Addr{netip.MustParseAddr("10.99.0.2"), netip.MustParseAddr("fd99::2")}}},
 		Gateways: []netip.Addr{netip.MustParseAddr("10.99.0.1")},
 	}
@@ -49,9 +43,7 @@ func testPod(t testing.TB) (pod Pod, podNS, peerNS string) {
 
 func run(t testing.TB, args ...string) {
 	t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
+	testns.Run(t, args[0], args[1:]...)
 }
 
 func spec(t testing.TB, probes ...string) config.Spec {

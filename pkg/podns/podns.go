@@ -92,7 +92,7 @@ func Open(path string) (*NetNS, error) {
 	}
 	n := &NetNS{path: path, id: fileID{st.Dev, st.Ino}, view: view, reqs: make(chan socketReq), done: make(chan struct{})}
 	entered := make(chan error)
-	go n.serve(fd, entered)
+	go n.serve(fd, n.reqs, entered)
 	if err := <-entered; err != nil {
 		view.Close()
 		return nil, fmt.Errorf("netns %s: %w", path, err)
@@ -113,8 +113,9 @@ func (e *badNetNS) Unwrap() error { return e.err }
 // serve runs on a locked OS thread that enters the namespace and never
 // leaves it. It is never unlocked: when the goroutine returns, the runtime
 // ends the thread instead of reusing it, so no other code runs in the pod's
-// netns. It starts no goroutine and makes nothing but sockets.
-func (n *NetNS) serve(nsfd int, entered chan<- error) {
+// netns. It starts no goroutine and makes nothing but sockets. It takes reqs
+// as an argument: Close may set n.reqs to nil as soon as entered is sent.
+func (n *NetNS) serve(nsfd int, reqs <-chan socketReq, entered chan<- error) {
 	defer close(n.done)
 	runtime.LockOSThread()
 	if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
@@ -122,7 +123,7 @@ func (n *NetNS) serve(nsfd int, entered chan<- error) {
 		return
 	}
 	entered <- nil
-	for req := range n.reqs {
+	for req := range reqs {
 		fd, err := unix.Socket(req.domain, req.typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, req.proto)
 		req.reply <- socketReply{fd, os.NewSyscallError("socket", err)}
 	}

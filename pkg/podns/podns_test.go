@@ -5,37 +5,27 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/netready/netready/internal/testns"
 )
 
-var seq atomic.Int32
-
-// addNetNS creates a named netns, removed when the test ends, and returns
-// its name and path.
+// addNetNS creates a netns, removed when the test ends, and returns its
+// name and path.
 func addNetNS(t *testing.T) (name, path string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
-	}
-	name = fmt.Sprintf("nr-%d-podns-%d", os.Getpid(), seq.Add(1))
-	ip(t, "netns", "add", name)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	return name, "/var/run/netns/" + name
+	return testns.New(t, "podns")
 }
 
 func ip(t *testing.T, args ...string) {
 	t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
+	testns.Run(t, "ip", args...)
 }
 
 // open is Open, closed when the test ends.

@@ -2,13 +2,10 @@ package probe
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +14,8 @@ import (
 
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/podns"
+
+	"github.com/netready/netready/internal/testns"
 )
 
 // The test topology: a pod netns and a peer netns joined by a veth pair, and
@@ -32,8 +31,6 @@ var (
 	noRoute4, noRoute6       = netip.MustParseAddr("10.232.0.1"), netip.MustParseAddr("fd32::1")
 )
 
-var netnsSeq atomic.Int32
-
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -46,22 +43,7 @@ func needRoot(t *testing.T) {
 
 func ipCmd(t *testing.T, args ...string) {
 	t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
-
-// addNetNS creates a named netns that the test removes when it ends.
-func addNetNS(t *testing.T) (name, path string) {
-	t.Helper()
-	name = fmt.Sprintf("nrtest-%d-%d", os.Getpid(), netnsSeq.Add(1))
-	ipCmd(t, "netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	return name, "/run/netns/" + name
+	testns.Run(t, "ip", args...)
 }
 
 // openNetNS is podns.Open, closed when the test ends.
@@ -78,8 +60,8 @@ func openNetNS(t *testing.T, path string) *podns.NetNS {
 // topology builds the pod and peer netns and returns their paths.
 func topology(t *testing.T) (podPath, peerPath string) {
 	t.Helper()
-	pod, podPath := addNetNS(t)
-	peer, peerPath := addNetNS(t)
+	pod, podPath := testns.New(t, "probe-pod")
+	peer, peerPath := testns.New(t, "probe-peer")
 	ipCmd(t, "-n", pod, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", peer)
 	for _, c := range [][]string{
 		{"-n", pod, "addr", "add", pod4.String() + "/24", "dev", "veth0"},
@@ -229,7 +211,7 @@ func TestNetNS(t *testing.T) {
 // listens on the host's loopback is out of the pod's reach.
 func TestNetNSIsolation(t *testing.T) {
 	needRoot(t)
-	name, podPath := addNetNS(t)
+	name, podPath := testns.New(t, "probe-pod")
 	ipCmd(t, "-n", name, "link", "set", "lo", "up")
 	pod := openNetNS(t, podPath)
 	for _, f := range families {

@@ -33,25 +33,18 @@ type plugin struct {
 	stderr io.Writer // where the log goes when the config names no logFile
 }
 
-// add gates the pod: parse, resolve the pod's spec, wait, pass the result on.
+// add gates the pod: parse and resolve the pod's spec, wait, pass the result on.
 func (p *plugin) add(args *skel.CmdArgs) error {
 	rec := p.newRecord("ADD", args)
 	defer rec.write()
-	conf, prev, err := parse(args.StdinData)
-	if err != nil {
-		return rec.fail(err)
-	}
-	rec.logFile = conf.LogFile
-	pod, spec, err := resolve(rec, conf, args.Args)
+	conf, prev, pod, spec, err := prepare(rec, args)
 	if err != nil {
 		return rec.fail(err)
 	}
 	if !spec.Skipped {
-		if err := p.gate(rec, args, spec, prev, spec.Timeout, conf.PodWatch, pod); err != nil {
+		if err := p.gate(rec, args, conf.Name, spec, prev, spec.Timeout, conf.PodWatch, pod); err != nil {
 			return rec.fail(err)
 		}
-	} else {
-		rec.outcome, rec.reason = logrec.Skipped, spec.SkipReason
 	}
 	// The answer is the previous plugin's result, untouched, in the
 	// list's version.
@@ -62,21 +55,12 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 func (p *plugin) check(args *skel.CmdArgs) error {
 	rec := p.newRecord("CHECK", args)
 	defer rec.write()
-	conf, prev, err := parse(args.StdinData)
-	if err != nil {
+	conf, prev, _, spec, err := prepare(rec, args)
+	if err != nil || spec.Skipped {
 		return rec.fail(err)
-	}
-	rec.logFile = conf.LogFile
-	_, spec, err := resolve(rec, conf, args.Args)
-	if err != nil {
-		return rec.fail(err)
-	}
-	if spec.Skipped {
-		rec.outcome, rec.reason = logrec.Skipped, spec.SkipReason
-		return nil
 	}
 	// No podWatch: CHECK's budget is shorter than the watch's start.
-	return rec.fail(p.gate(rec, args, spec, prev, min(spec.Timeout, checkBudget), nil, config.Pod{}))
+	return rec.fail(p.gate(rec, args, conf.Name, spec, prev, min(spec.Timeout, checkBudget), nil, config.Pod{}))
 }
 
 // del always succeeds: netready created nothing, so there is nothing to
@@ -109,16 +93,26 @@ func (p *plugin) gc(args *skel.CmdArgs) error {
 	return nil
 }
 
-// resolve works out the pod's spec from CNI_ARGS and its annotations.
-func resolve(rec *record, conf *config.Conf, cniArgs string) (config.Pod, config.Spec, error) {
-	pod, err := conf.Pod(cniArgs)
+// prepare reads what ADD and CHECK gate on: the plugin object and the
+// previous plugin's result (parse), then the pod from CNI_ARGS and its spec
+// from the config and the pod's annotations. A skipped pod's record says so.
+func prepare(rec *record, args *skel.CmdArgs) (*config.Conf, *current.Result, config.Pod, config.Spec, error) {
+	conf, prev, err := parse(args.StdinData)
 	if err != nil {
-		return pod, config.Spec{}, err
+		return nil, nil, config.Pod{}, config.Spec{}, err
+	}
+	rec.logFile = conf.LogFile
+	pod, err := conf.Pod(args.Args)
+	if err != nil {
+		return nil, nil, pod, config.Spec{}, err
 	}
 	rec.setPod(pod)
 	spec, err := conf.Resolve(pod)
 	rec.spec = &spec
-	return pod, spec, err
+	if err == nil && spec.Skipped {
+		rec.outcome, rec.reason = logrec.Skipped, spec.SkipReason
+	}
+	return conf, prev, pod, spec, err
 }
 
 // parse reads the plugin object and the previous plugin's result.
@@ -132,23 +126,23 @@ func parse(stdin []byte) (*config.Conf, *current.Result, error) {
 			"netready must be chained after the plugin that creates the pod's interface: no prevResult in its config; put it last in the plugins list", "")
 	}
 	if err := cniversion.ParsePrevResult(&conf.NetConf); err != nil {
-		return nil, nil, types.NewError(types.ErrDecodingFailure, "prevResult: "+err.Error(), "")
+		return nil, nil, prevResultError(conf.Name, types.NewError(types.ErrDecodingFailure, err.Error(), ""))
 	}
 	prev, err := current.NewResultFromResult(conf.PrevResult)
 	if err != nil {
-		return nil, nil, types.NewError(types.ErrDecodingFailure, "prevResult: "+err.Error(), "")
+		return nil, nil, prevResultError(conf.Name, types.NewError(types.ErrDecodingFailure, err.Error(), ""))
 	}
 	return conf, prev, nil
 }
 
 // gate waits until the pod's network works or budget (counted from the
 // plugin's start) runs out, or, with podWatch, until the API server says
-// the pod (k8sPod) is gone.
-func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *current.Result, budget time.Duration,
+// the pod (k8sPod) is gone. network is the conflist's name, for messages.
+func (p *plugin) gate(rec *record, args *skel.CmdArgs, network string, spec config.Spec, prev *current.Result, budget time.Duration,
 	pw *config.PodWatch, k8sPod config.Pod) error {
 	pod, err := podcheck.PodFromResult(args.Netns, args.IfName, prev)
 	if err != nil {
-		return err
+		return prevResultError(network, err)
 	}
 	// Gating the plugin's own netns would probe from the node itself.
 	if own, cerr := cnins.CheckNetNS(args.Netns); cerr != nil {
@@ -208,7 +202,9 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *c
 		return nil
 	}
 	rec.outcome = logrec.Timeout
-	return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod network not ready after %v: %s", waited, report.Summary()), details(report, p.start))
+	return types.NewError(types.ErrTryAgainLater,
+		fmt.Sprintf("pod network not ready after %v: %s; %s", waited, report.Summary(), reproduce(args.Netns, network, rec.pod)),
+		details(report, p.start))
 }
 
 // details is the report as JSON, for the error's details field.

@@ -27,7 +27,13 @@ func TestCLIUsage(t *testing.T) {
 		{[]string{"--version"}, exitReady, "netready dev (CNI 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0)"},
 		{[]string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
 		{[]string{"check"}, exitUsage, "--netns and --conf are required"},
-		{[]string{"check", "--netns", "/x", "--conf", "/nonexistent/conf"}, exitUsage, "no such file"},
+		// A file that cannot be read is the machine's trouble, not usage.
+		{[]string{"check", "--netns", "/x", "--conf", "/nonexistent/conf"}, exitCannot, "no such file"},
+		{[]string{"explain", "--conf", "/nonexistent/conf"}, exitCannot, "no such file"},
+		{[]string{"install", "--root", "/nonexistent/root", "--dry-run"}, exitFailed, "--root /nonexistent/root is not a directory"},
+		{[]string{"uninstall", "--root", "/nonexistent/root", "--dry-run"}, exitFailed, "--root /nonexistent/root is not a directory"},
+		{[]string{"install", "--root", "/", "--restart"}, exitUsage, "cannot be combined with --root"},
+		{[]string{"stats", "--log", "/nonexistent/netready.log"}, exitCannot, "no such file"},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
