@@ -24,10 +24,7 @@ import (
 func TestMain(m *testing.M) { os.Exit(testbed.Main(m)) }
 
 // k3sChain is the list K3s writes (K3S.md), whose plugins must come first, unchanged.
-const k3sChain = `{"name":"cbr0","cniVersion":"1.0.0","plugins":[
- {"type":"flannel","delegate":{"hairpinMode":true,"forceAddress":true,"isDefaultGateway":true}},
- {"type":"portmap","capabilities":{"portMappings":true}},
- {"type":"bandwidth","capabilities":{"bandwidth":true}}]}`
+var k3sChain = install.K3sChain
 
 const podAnnotations = "io.kubernetes.cri.pod-annotations"
 
@@ -80,7 +77,7 @@ func load(t *testing.T, name string) (*libcni.NetworkConfigList, *config.Conf, m
 }
 
 func TestConflistsKeepK3sChainWithNetreadyLast(t *testing.T) {
-	want := decode(t, []byte(k3sChain)).(map[string]any)
+	want := decode(t, k3sChain).(map[string]any)
 	wantPlugins := want["plugins"].([]any)
 	for _, name := range files(t) {
 		t.Run(name, func(t *testing.T) {
@@ -210,7 +207,7 @@ func TestShippedIsWhatInstallWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	built, err := install.BuildOwned([]byte(k3sChain), obj)
+	built, err := install.BuildOwned(k3sChain, obj)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -146,30 +145,28 @@ func TestSIGTERMEndsADDPromptly(t *testing.T) {
 		t.Fatal(err)
 	}
 	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"cbr0","type":"netready","timeout":"20s","probes":[%q],"prevResult":%s}`, testbed.ProbeDB, prev)
-	cmd := exec.Command(filepath.Join(b.BinDir, "netready"))
-	cmd.Env = []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=" + pod.ContainerID, "CNI_NETNS=" + pod.Path, "CNI_IFNAME=eth0", "CNI_PATH=" + b.BinDir}
-	cmd.Stdin = strings.NewReader(conf)
-	var stdout bytes.Buffer
-	cmd.Stdout = &stdout
-	// Started from a thread in the node netns, as the runtime's exec is.
-	if err := b.Node.Do(cmd.Start); err != nil {
+	env := map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": pod.ContainerID, "CNI_NETNS": pod.Path, "CNI_IFNAME": "eth0", "CNI_PATH": b.BinDir}
+	sent := make(chan time.Time, 1)
+	signal := func(pid int) {
+		go func() {
+			time.Sleep(400 * time.Millisecond)
+			sent <- time.Now()
+			syscall.Kill(pid, syscall.SIGTERM)
+		}()
+	}
+	r, err := b.ExecNetready(ctx, env, []byte(conf), signal)
+	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(400 * time.Millisecond)
-	sent := time.Now()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	err = cmd.Wait()
-	took := time.Since(sent)
-	t.Logf("exited %v after SIGTERM: %s", took.Round(time.Millisecond), strings.TrimSpace(stdout.String()))
+	took := time.Since(<-sent)
+	t.Logf("exited %v after SIGTERM: %s", took.Round(time.Millisecond), strings.TrimSpace(string(r.Stdout)))
 	if took > 500*time.Millisecond {
 		t.Errorf("exited %v after SIGTERM, want within 0.5s", took)
 	}
 	var cniErr types.Error
-	if err == nil || json.Unmarshal(stdout.Bytes(), &cniErr) != nil || cniErr.Code != types.ErrTryAgainLater ||
+	if r.Exit == 0 || json.Unmarshal(r.Stdout, &cniErr) != nil || cniErr.Code != types.ErrTryAgainLater ||
 		!strings.Contains(cniErr.Msg, "terminated") {
-		t.Errorf("exit %v, stdout %q; want a CNI error, code 11, saying it was terminated", err, stdout.String())
+		t.Errorf("exit %d, stdout %q; want a CNI error, code 11, saying it was terminated", r.Exit, r.Stdout)
 	}
 }
 
@@ -238,7 +235,10 @@ func TestFlappingTarget(t *testing.T) {
 // once; half ask (by annotation) for a target that never answers. The
 // others must not wait for them, and the blocked ones end on time.
 func TestManyPodsHalfNeverReady(t *testing.T) {
-	ctx := testContext(t)
+	// 110 chains at once and 110 DELs after them: on a loaded 2-core machine
+	// this alone took 44-62 s, past testContext's minute.
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	t.Cleanup(cancel)
 	pods := 110
 	if testing.Short() {
 		pods = 20

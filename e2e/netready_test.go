@@ -8,7 +8,6 @@ import (
 	"maps"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -117,12 +116,10 @@ func TestNetreadyWaitsForPath(t *testing.T) {
 			t.Parallel()
 			ctx := testContext(t)
 			b := netreadyBed(t, false)
-			logFile := filepath.Join(t.TempDir(), "netready.log")
-			list := confList(t, b, testbed.K3sConflist("1.0.0", netreadyPlugin(map[string]any{
+			list, logFile := netreadyList(t, b, map[string]any{
 				"probes":  []string{testbed.ProbeDB},
 				"timeout": "10s",
-				"logFile": logFile,
-			})))
+			})
 			pod := newPod(t, b)
 			openAt := tc.block(ctx, t, b)
 
@@ -226,13 +223,11 @@ func TestNetreadyOnTimeoutAllow(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
 	b := netreadyBed(t, false)
-	logFile := filepath.Join(t.TempDir(), "netready.log")
-	list := confList(t, b, testbed.K3sConflist("1.0.0", netreadyPlugin(map[string]any{
+	list, logFile := netreadyList(t, b, map[string]any{
 		"probes":    []string{testbed.ProbeDB},
 		"timeout":   "500ms",
 		"onTimeout": "allow",
-		"logFile":   logFile,
-	})))
+	})
 	pod := newPod(t, b)
 	fault(t)(b.BlockRouter(ctx))
 
@@ -420,11 +415,12 @@ func TestNetreadyDel(t *testing.T) {
 
 	t.Run("binary without netns or prevResult", func(t *testing.T) {
 		id := "0123456789abcdef0123456789abcdef"
-		stdout, stderr, err := execNetready(b, []string{
-			"CNI_COMMAND=DEL", "CNI_CONTAINERID=" + id, "CNI_IFNAME=eth0", "CNI_PATH=" + b.BinDir,
-		}, []byte(`{"cniVersion":"1.0.0","name":"cbr0","type":"netready","logFile":`+quote(logFile)+`}`))
-		if err != nil {
-			t.Fatalf("DEL: %v\nstdout %s\nstderr %s", err, stdout, stderr)
+		r, err := b.ExecNetready(ctx, map[string]string{
+			"CNI_COMMAND": "DEL", "CNI_CONTAINERID": id, "CNI_IFNAME": "eth0", "CNI_PATH": b.BinDir,
+		}, []byte(`{"cniVersion":"1.0.0","name":"cbr0","type":"netready","logFile":`+quote(logFile)+`}`), nil)
+		stdout := r.Stdout
+		if err != nil || r.Exit != 0 {
+			t.Fatalf("DEL: %v, exit %d\nstdout %s\nstderr %s", err, r.Exit, stdout, r.Stderr)
 		}
 		if len(stdout) != 0 {
 			t.Errorf("DEL printed %q, want nothing", stdout)
@@ -469,9 +465,10 @@ func TestNetreadyVersionStatusGC(t *testing.T) {
 	b := netreadyBed(t, false)
 
 	t.Run("VERSION", func(t *testing.T) {
-		stdout, stderr, err := execNetready(b, []string{"CNI_COMMAND=VERSION"}, nil)
-		if err != nil {
-			t.Fatalf("VERSION: %v\nstderr %s", err, stderr)
+		r, err := b.ExecNetready(ctx, map[string]string{"CNI_COMMAND": "VERSION"}, nil, nil)
+		stdout := r.Stdout
+		if err != nil || r.Exit != 0 {
+			t.Fatalf("VERSION: %v, exit %d\nstderr %s", err, r.Exit, r.Stderr)
 		}
 		var info struct {
 			CNIVersion        string   `json:"cniVersion"`
@@ -546,11 +543,9 @@ func TestNetreadyLog(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
 	b := netreadyBed(t, false)
-	logFile := filepath.Join(t.TempDir(), "netready.log")
-	list := confList(t, b, testbed.K3sConflist("1.0.0", netreadyPlugin(map[string]any{
-		"probes":  []string{testbed.ProbeDB},
-		"logFile": logFile,
-	})))
+	list, logFile := netreadyList(t, b, map[string]any{
+		"probes": []string{testbed.ProbeDB},
+	})
 	pod := newPod(t, b)
 	res, err := b.Add(ctx, list, pod)
 	if err != nil {
@@ -611,6 +606,16 @@ func TestNetreadyLog(t *testing.T) {
 func netreadyBed(t *testing.T, dualStack bool) *testbed.Bed {
 	t.Helper()
 	return testbed.New(t, testbed.Options{Plugins: testbed.WithNetready, DualStack: dualStack})
+}
+
+// netreadyList is K3s's chain (1.0.0) with netready last, its fields set and its log in a file of
+// the test's, whose path it returns too.
+func netreadyList(t *testing.T, b *testbed.Bed, fields map[string]any) (*libcni.NetworkConfigList, string) {
+	t.Helper()
+	logFile := filepath.Join(t.TempDir(), "netready.log")
+	f := maps.Clone(fields)
+	f["logFile"] = logFile
+	return confList(t, b, testbed.K3sConflist("1.0.0", netreadyPlugin(f))), logFile
 }
 
 // netreadyPlugin is netready's object for the conflist, as conflist/ has it, with fields set.
@@ -713,18 +718,6 @@ func execLastPlugin(ctx context.Context, b *testbed.Bed, list *libcni.NetworkCon
 		return err
 	})
 	return res, err
-}
-
-// execNetready runs the built netready binary from the node netns with exactly env (and PATH), as
-// a runtime would, and returns what it printed.
-func execNetready(b *testbed.Bed, env []string, stdin []byte) (stdout, stderr []byte, err error) {
-	cmd := exec.Command(filepath.Join(b.BinDir, testbed.Netready))
-	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, env...)
-	cmd.Stdin = bytes.NewReader(stdin)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err = b.Node.Do(cmd.Run)
-	return out.Bytes(), errOut.Bytes(), err
 }
 
 func toCurrent(t *testing.T, r types.Result) *current.Result {

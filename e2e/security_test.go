@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -286,36 +285,15 @@ func secRead(t *testing.T, path string) []byte {
 // cvExecWatched is cvExec that reports the child's pid as soon as it started (started may be nil).
 func cvExecWatched(t *testing.T, b *testbed.Bed, verb string, sb *cvSandbox, conf []byte, started func(pid int)) cvResult {
 	t.Helper()
-	env := []string{"PATH=" + os.Getenv("PATH"), "CNI_COMMAND=" + verb, "CNI_PATH=" + b.BinDir}
+	env := map[string]string{"CNI_COMMAND": verb, "CNI_PATH": b.BinDir}
 	if sb != nil {
-		env = append(env, "CNI_CONTAINERID="+sb.containerID, "CNI_IFNAME="+sb.ifName, "CNI_ARGS="+sb.cniArgs)
-		if sb.netns != "" {
-			env = append(env, "CNI_NETNS="+sb.netns)
-		}
+		env["CNI_CONTAINERID"], env["CNI_IFNAME"], env["CNI_ARGS"], env["CNI_NETNS"] = sb.containerID, sb.ifName, sb.cniArgs, sb.netns
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(b.BinDir, testbed.Netready))
-	cmd.Env = env
-	cmd.Stdin = bytes.NewReader(conf)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	// The child starts in the netns of the thread that forks it: the node's.
-	if err := b.Node.Do(cmd.Start); err != nil {
-		t.Fatalf("starting netready %s: %v", verb, err)
-	}
-	if started != nil {
-		started(cmd.Process.Pid)
-	}
-	err := cmd.Wait()
-	r := cvResult{stdout: stdout.Bytes(), stderr: stderr.Bytes()}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		r.exit = ee.ExitCode()
-	case err != nil:
+	out, err := b.ExecNetready(t.Context(), env, conf, started)
+	if err != nil {
 		t.Fatalf("running netready %s: %v", verb, err)
 	}
+	r := cvResult{stdout: out.Stdout, stderr: out.Stderr, exit: out.Exit}
 	var e types.Error
 	if r.exit != 0 && json.Unmarshal(r.stdout, &e) == nil {
 		r.code, r.msg = e.Code, e.Msg+" "+e.Details

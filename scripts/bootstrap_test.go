@@ -20,6 +20,8 @@ import (
 
 	"github.com/netready/netready/e2e/testbed"
 	"github.com/netready/netready/pkg/install"
+
+	"github.com/netready/netready/internal/testbin"
 )
 
 const (
@@ -31,7 +33,7 @@ const (
 )
 
 // k3sLive is the list K3s writes; 1.1.0 so that STATUS reaches netready.
-const k3sLive = `{"name":"cbr0","cniVersion":"1.1.0","plugins":[{"type":"flannel","delegate":{"hairpinMode":true,"forceAddress":true,"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}},{"type":"bandwidth","capabilities":{"bandwidth":true}}]}`
+var k3sLive = string(testbed.K3sConflist("1.1.0"))
 
 // netreadyBin is netready built from this module by TestMain, or $NETREADY_BINARY.
 var netreadyBin string
@@ -47,10 +49,8 @@ func runTests(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	if netreadyBin = os.Getenv("NETREADY_BINARY"); netreadyBin == "" {
 		netreadyBin = filepath.Join(dir, "netready")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", netreadyBin, "../plugin/netready")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "building netready: %v\n%s", err, out)
+		if err := testbin.GoBuild(".", netreadyBin, nil, nil, testbin.NetreadyPkg); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 	}

@@ -106,23 +106,16 @@ func (m *measurer) blocked(f *Figures, x *Extra) error {
 
 func (m *measurer) blockedRound(list *libcni.NetworkConfigList, fault *testbed.Fault, n int, wait time.Duration) (blockedRound, error) {
 	var res blockedRound
-	pods := make([]*testbed.Pod, n)
-	defer func() {
-		for _, p := range pods {
-			if p != nil {
-				p.Remove()
-			}
-		}
-	}()
-	errs := make([]error, n)
-	parallel(n, 8, func(i int) { pods[i], errs[i] = m.newPod() })
-	if err := errors.Join(errs...); err != nil {
+	pods, err := m.newPods(n)
+	defer removePods(pods)
+	if err != nil {
 		return res, err
 	}
 	if err := fault.Block(); err != nil {
 		return res, err
 	}
 	back := make([]time.Time, n)
+	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i, p := range pods {
 		wg.Go(func() {

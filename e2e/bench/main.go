@@ -40,7 +40,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -49,6 +48,8 @@ import (
 
 	"github.com/netready/netready/e2e/testbed"
 	"github.com/netready/netready/pkg/podcheck"
+
+	"github.com/netready/netready/internal/testbin"
 )
 
 // options are the run's sizes. full() is `make bench`, quick() the smoke test.
@@ -272,11 +273,8 @@ func buildPlugins(bin, netready string) error {
 		return err
 	}
 	for typ, pkg := range map[string]string{rusageType: "./e2e/bench/rusage", noopType: "./e2e/bench/noop"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, typ), pkg)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %w\n%s", pkg, err, out)
+		if err := testbin.GoBuild(root, filepath.Join(bin, typ), nil, nil, pkg); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -123,6 +123,24 @@ func (m *measurer) progress() { fmt.Fprint(m.out, ".") }
 // newPod makes a pod netns; the caller removes it.
 func (m *measurer) newPod() (*testbed.Pod, error) { return m.b.NewPod(m.ctx) }
 
+// newPods makes n pods, 8 at a time. The caller removes them (removePods), also on an error:
+// the slice holds those that were made.
+func (m *measurer) newPods(n int) ([]*testbed.Pod, error) {
+	pods := make([]*testbed.Pod, n)
+	errs := make([]error, n)
+	parallel(n, 8, func(i int) { pods[i], errs[i] = m.newPod() })
+	return pods, errors.Join(errs...)
+}
+
+// removePods removes the pods that newPods made.
+func removePods(pods []*testbed.Pod) {
+	for _, p := range pods {
+		if p != nil {
+			p.Remove()
+		}
+	}
+}
+
 // add runs ADD of list for pod, bounded by addTimeout.
 func (m *measurer) add(list *libcni.NetworkConfigList, pod *testbed.Pod) error {
 	ctx, cancel := context.WithTimeout(m.ctx, addTimeout)
@@ -519,21 +537,14 @@ func (m *measurer) fanout(f *Figures, x *Extra) error {
 // pods' container ids. A failed ADD is counted, not returned: err is for the bench's own failures.
 func (m *measurer) fanoutRound(list *libcni.NetworkConfigList, x *Extra) (time.Duration, time.Duration, int, []string, error) {
 	n := m.o.fanoutPods
-	pods := make([]*testbed.Pod, n)
-	defer func() {
-		for _, p := range pods {
-			if p != nil {
-				p.Remove()
-			}
-		}
-	}()
-	errs := make([]error, n)
-	parallel(n, 8, func(i int) { pods[i], errs[i] = m.newPod() })
-	if err := errors.Join(errs...); err != nil {
+	pods, err := m.newPods(n)
+	defer removePods(pods)
+	if err != nil {
 		return 0, 0, 0, nil, err
 	}
 	cpu := childrenCPU()
 	start := time.Now()
+	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i, p := range pods {
 		wg.Go(func() { errs[i] = m.add(list, p) })

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/netready/netready/e2e/testbed"
 )
 
 // Figures is what BENCH_JSON receives: exactly the keys of the benchmark issue.
@@ -179,9 +181,8 @@ func summarize(xs []float64) summary {
 		nan := num(math.NaN())
 		return summary{P50: nan, P90: nan, P99: nan, Max: nan}
 	}
-	s := slices.Sorted(slices.Values(xs))
-	rank := func(p float64) num { return num(s[max(0, int(math.Ceil(p*float64(len(s))))-1)]) }
-	return summary{N: len(s), P50: rank(0.5), P90: rank(0.9), P99: rank(0.99), Max: num(s[len(s)-1])}
+	rank := func(p float64) num { return num(testbed.Percentile(xs, p)) }
+	return summary{N: len(xs), P50: rank(50), P90: rank(90), P99: rank(99), Max: rank(100)}
 }
 
 // median is the middle value (the mean of the two middle ones for an even count).

@@ -21,13 +21,7 @@ import (
 // the next pod is gated; a rewrite of the primary chain is followed; /metrics shows the ADD just
 // made; SIGTERM puts containerd back on the primary chain and the next pod is not gated.
 func TestAgent(t *testing.T) {
-	SkipUnlessRoot(t)
-	bed := testbed.New(t, testbed.Options{})
-	nrDir := filepath.Join(bed.Dir, "nr-build")
-	if err := testbed.Build(nrDir, testbed.Netready); err != nil {
-		t.Fatal(err)
-	}
-	r := newRuntime(t, bed, testbed.K3sConflist("1.0.0"))
+	bed, r, nrDir := operatorBed(t)
 	ctx := t.Context()
 
 	logFile := filepath.Join(bed.Dir, "netready-agent.log")
@@ -60,24 +54,7 @@ func TestAgent(t *testing.T) {
 	picked := waitCNIConfig(ctx, t, r, true)
 	t.Logf("containerd loaded the agent's conflist %v after the agent started", picked.Sub(started).Round(time.Millisecond))
 
-	fault, err := bed.BlockRouter(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opened := fault.OpenAfter(1500 * time.Millisecond)
-	pod, err := r.RunPod(ctx, PodConfig{Name: "gated"})
-	returned := time.Now()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if o := <-opened; o.Err != nil {
-		t.Fatal(o.Err)
-	} else if returned.Before(o.At) {
-		t.Errorf("RunPodSandbox returned %v before the path opened: containerd did not run netready", o.At.Sub(returned))
-	}
-	if err := r.RemovePod(ctx, pod); err != nil {
-		t.Error(err)
-	}
+	fault := runGated(ctx, t, bed, r)
 
 	// K3s rewrites its chain at a restart: the owned file follows within a second.
 	primary := filepath.Join(r.ConfDir, "10-flannel.conflist")

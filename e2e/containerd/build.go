@@ -2,15 +2,15 @@ package containerd
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/netready/netready/internal/testbin"
 )
 
 // Binary names in a tools dir.
@@ -20,7 +20,7 @@ const (
 	Ctr        = "ctr"
 	Runc       = "runc"
 	Crictl     = "crictl"
-	Pause      = "pause" // the pause image's process (cmd/pause)
+	Pause      = "pause" // the pause image's process (e2e/pause)
 	Probe      = "probe" // the probe image's entrypoint (cmd/probe)
 )
 
@@ -35,7 +35,7 @@ var (
 		"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
 		"github.com/containerd/containerd/v2/cmd/ctr",
 		"sigs.k8s.io/cri-tools/cmd/crictl",
-		modulePath + "/cmd/pause",
+		"github.com/netready/netready/e2e/pause", // shared with the K3s tier
 		modulePath + "/cmd/probe",
 	}
 	cgoPkgs = []string{"github.com/opencontainers/runc"}
@@ -100,14 +100,8 @@ func BuildTools(dir string) error {
 }
 
 func goBuild(root, dir, cgo string, pkgs ...string) error {
-	args := append([]string{"build", "-trimpath", "-ldflags=-s -w", "-o", dir + string(filepath.Separator)}, pkgs...)
-	cmd := exec.Command("go", args...)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED="+cgo, "GOOS=linux", "GOARCH="+runtime.GOARCH)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s (in %s): %w\n%s", strings.Join(pkgs, " "), root, err, bytes.TrimSpace(out))
-	}
-	return nil
+	env := []string{"CGO_ENABLED=" + cgo, "GOOS=linux", "GOARCH=" + runtime.GOARCH}
+	return testbin.GoBuild(root, dir+string(filepath.Separator), env, []string{"-ldflags=-s -w"}, pkgs...)
 }
 
 func haveTools(dir string) error {

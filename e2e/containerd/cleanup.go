@@ -1,7 +1,6 @@
 package containerd
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"maps"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/netready/netready/e2e/testbed"
 )
 
 // cgroupRoot is where the cgroup hierarchies are mounted (v1 controllers, or v2 alone).
@@ -37,7 +38,7 @@ func removeRuntimeDir(dir, cgroupParent string) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	errs = append(errs, unmountUnder(dir))
+	errs = append(errs, testbed.UnmountUnder(dir))
 	errs = append(errs, removeCgroups(cgroupParent))
 	if err := os.RemoveAll(dir); err != nil {
 		errs = append(errs, err)
@@ -46,7 +47,7 @@ func removeRuntimeDir(dir, cgroupParent string) error {
 	if pids := runtimeProcs(dir, cgroupParent); len(pids) > 0 {
 		errs = append(errs, fmt.Errorf("processes of %s still running: %s", dir, describeProcs(pids)))
 	}
-	if mounts := mountsUnder(dir); len(mounts) > 0 {
+	if mounts := testbed.MountsUnder(dir); len(mounts) > 0 {
 		errs = append(errs, fmt.Errorf("still mounted: %s", strings.Join(mounts, ", ")))
 	}
 	if cgs := cgroupDirs(cgroupParent); len(cgs) > 0 {
@@ -62,26 +63,14 @@ func removeRuntimeDir(dir, cgroupParent string) error {
 // (containerd's --config, the shims' -address, runc's --root) and those in the pods' cgroups
 // (pause, the containers, runc init). Never this process.
 func runtimeProcs(dir, cgroupParent string) []int {
-	var pids []int
-	self := os.Getpid()
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), dir) {
-			pids = append(pids, pid)
-		}
-	}
+	pids := testbed.Pids(func(_ int, proc string) bool { return strings.Contains(testbed.ProcCmdline(proc), dir) })
 	for _, cg := range cgroupDirs(cgroupParent) {
 		b, err := os.ReadFile(filepath.Join(cg, "cgroup.procs"))
 		if err != nil {
 			continue
 		}
 		for _, f := range strings.Fields(string(b)) {
-			if pid, err := strconv.Atoi(f); err == nil && pid != self {
+			if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
 				pids = append(pids, pid)
 			}
 		}
@@ -97,67 +86,6 @@ func describeProcs(pids []int) string {
 		s = append(s, fmt.Sprintf("%d (%s)", pid, strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))))
 	}
 	return strings.Join(s, "; ")
-}
-
-// mountsUnder lists the mount points at or below dir, deepest last (as /proc/self/mountinfo
-// orders them: a mount comes after the one it is on).
-func mountsUnder(dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var mounts []string
-	s := bufio.NewScanner(f)
-	s.Buffer(make([]byte, 64<<10), 1<<20)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMountinfo(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			mounts = append(mounts, mp)
-		}
-	}
-	return mounts
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space) of mountinfo's fields.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// unmountUnder unmounts everything at or below dir, deepest first; a busy mount is detached.
-func unmountUnder(dir string) error {
-	var last []string
-	for range 5 {
-		mounts := mountsUnder(dir)
-		if len(mounts) == 0 {
-			return nil
-		}
-		last = mounts
-		for _, m := range slices.Backward(mounts) {
-			if err := unix.Unmount(m, 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-				unix.Unmount(m, unix.MNT_DETACH)
-			}
-		}
-	}
-	return fmt.Errorf("could not unmount: %s", strings.Join(last, ", "))
 }
 
 // cgroupDirs lists the cgroup dirs of parent in every hierarchy, children before their parents.

@@ -17,7 +17,7 @@
 //
 // Images are built here, not pulled: ociimage.Write writes an OCI image layout (one layer of
 // static binaries, config, manifest, index) and Runtime.Import loads it with
-// `ctr -n k8s.io images import`. PauseImage holds cmd/pause; ProbeImage holds cmd/probe, which
+// `ctr -n k8s.io images import`. PauseImage holds e2e/pause; ProbeImage holds cmd/probe, which
 // connects to the db the instant its container starts ("app") or runs the init container's
 // wait loop ("init").
 //

@@ -21,12 +21,7 @@ func TestImageRuns(t *testing.T) {
 	if runtime.GOARCH != "amd64" && runtime.GOARCH != "arm64" {
 		t.Skipf("the image is built for amd64, arm64 and armv7; this test runs it on amd64 or arm64, not %s", runtime.GOARCH)
 	}
-	bed := testbed.New(t, testbed.Options{})
-	nrDir := filepath.Join(bed.Dir, "nr-build")
-	if err := testbed.Build(nrDir, testbed.Netready); err != nil {
-		t.Fatal(err)
-	}
-	r := newRuntime(t, bed, testbed.K3sConflist("1.0.0"))
+	bed, r, nrDir := operatorBed(t)
 	ctx := t.Context()
 
 	out := filepath.Join(bed.Dir, "image")

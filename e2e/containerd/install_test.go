@@ -19,14 +19,8 @@ import (
 // its conf dir and bin dir to containerd's, so install works on exactly the
 // files containerd reads.
 func TestInstallWithoutRestart(t *testing.T) {
-	SkipUnlessRoot(t)
-	bed := testbed.New(t, testbed.Options{}) // K3s's plugins only: install brings netready
-	nrDir := filepath.Join(bed.Dir, "nr-build")
-	if err := testbed.Build(nrDir, testbed.Netready); err != nil {
-		t.Fatal(err)
-	}
+	bed, r, nrDir := operatorBed(t) // K3s's plugins only: install brings netready
 	netready := filepath.Join(nrDir, testbed.Netready)
-	r := newRuntime(t, bed, testbed.K3sConflist("1.0.0"))
 	ctx := t.Context()
 
 	root := filepath.Join(bed.Dir, "node")
@@ -53,26 +47,7 @@ func TestInstallWithoutRestart(t *testing.T) {
 	picked := waitCNIConfig(ctx, t, r, true)
 	t.Logf("containerd loaded the owned conflist %v after install returned", picked.Sub(installed).Round(time.Millisecond))
 
-	fault, err := bed.BlockRouter(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opened := fault.OpenAfter(1500 * time.Millisecond)
-	pod, err := r.RunPod(ctx, PodConfig{Name: "gated"})
-	returned := time.Now()
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := <-opened
-	if o.Err != nil {
-		t.Fatal(o.Err)
-	}
-	if returned.Before(o.At) {
-		t.Errorf("RunPodSandbox returned %v before the path to the db opened: containerd did not run netready", o.At.Sub(returned))
-	}
-	if err := r.RemovePod(ctx, pod); err != nil {
-		t.Error(err)
-	}
+	fault := runGated(ctx, t, bed, r)
 	if b, _ := os.ReadFile(logFile); !bytes.Contains(b, []byte(`"verb":"ADD"`)) {
 		t.Errorf("netready's log %s has no ADD line: %.300s", logFile, b)
 	}

@@ -3,8 +3,6 @@ package containerd
 import (
 	"fmt"
 	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -47,19 +45,8 @@ func Main(m *testing.M) int {
 }
 
 // procsOfExeDir lists the processes whose executable is in dir.
-func procsOfExeDir(dir string) []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err == nil && strings.HasPrefix(exe, dir+"/") {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+func procsOfExeDir(exeDir string) []int {
+	return testbed.Pids(func(_ int, dir string) bool { return strings.HasPrefix(testbed.ProcExe(dir), exeDir+"/") })
 }
 
 // SkipUnlessRoot skips the test when not run as root.

@@ -46,7 +46,7 @@ func newRuntime(t *testing.T, bed *testbed.Bed, conflist []byte) *Runtime {
 // assertNoLeftovers: nothing of the runtime is mounted, running, or on disk.
 func assertNoLeftovers(t *testing.T, dir, cgroupParent string) {
 	t.Helper()
-	if m := mountsUnder(dir); len(m) > 0 {
+	if m := testbed.MountsUnder(dir); len(m) > 0 {
 		t.Errorf("mounts left under %s: %v", dir, m)
 	}
 	if p := runtimeProcs(dir, cgroupParent); len(p) > 0 {

@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -317,22 +316,12 @@ func summarize(s *seedSummary) *seedSummary {
 		runp = append(runp, p.RunpMS)
 		afterOpen = append(afterOpen, p.ConnectAfterOpenMS)
 	}
-	s.P50MSToFirstConnect = percentile(toConnect, 50)
-	s.P99MSToFirstConnect = percentile(toConnect, 99)
-	s.MaxMSToFirstConnect = percentile(toConnect, 100)
-	s.P50MSRunp = percentile(runp, 50)
-	s.P50MSConnectAfterOpen = percentile(afterOpen, 50)
+	s.P50MSToFirstConnect = testbed.Percentile(toConnect, 50)
+	s.P99MSToFirstConnect = testbed.Percentile(toConnect, 99)
+	s.MaxMSToFirstConnect = testbed.Percentile(toConnect, 100)
+	s.P50MSRunp = testbed.Percentile(runp, 50)
+	s.P50MSConnectAfterOpen = testbed.Percentile(afterOpen, 50)
 	return s
-}
-
-// percentile is the nearest-rank percentile (p in (0, 100]).
-func percentile(v []float64, p float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Sorted(slices.Values(v))
-	rank := int(float64(len(s))*p/100+0.999999) - 1
-	return s[max(0, min(rank, len(s)-1))]
 }
 
 func seedTable(summaries map[string]*seedSummary) string {

@@ -7,13 +7,15 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/netready/netready/pkg/install"
 )
 
 const k3sSubnetEnv = "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
 
 // TestDelegateConf checks the bridge config against the one K3S.md quotes for K3s's defaults.
 func TestDelegateConf(t *testing.T) {
-	const k3sPlugin = `{"type":"flannel","name":"cbr0","cniVersion":"1.0.0","delegate":{"hairpinMode":true,"forceAddress":true,"isDefaultGateway":true}}`
+	k3sPlugin := k3sFlannel(t)
 	for _, tc := range []struct {
 		name, env, plugin, want, wantErr string
 	}{{
@@ -110,6 +112,27 @@ func build(plugin, subnetFile string) (any, error) {
 
 func mustJSON(t *testing.T, v any) string {
 	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// k3sFlannel is the flannel object of K3s's chain (install.K3sChain) as libcni hands it to the
+// plugin: with the list's name and cniVersion.
+func k3sFlannel(t *testing.T) string {
+	t.Helper()
+	var list struct {
+		Name       string           `json:"name"`
+		CNIVersion string           `json:"cniVersion"`
+		Plugins    []map[string]any `json:"plugins"`
+	}
+	if err := json.Unmarshal(install.K3sChain, &list); err != nil {
+		t.Fatal(err)
+	}
+	p := list.Plugins[0]
+	p["name"], p["cniVersion"] = list.Name, list.CNIVersion
+	b, err := json.Marshal(p)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -104,32 +104,11 @@ func TestOutageShorterThanTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	install(t, n, "30s", testbed.ProbeDB)
-	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fault.Unblock() })
-	watch, err := n.WatchVeths()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer watch.Close()
+	fault, watch := blockAndWatch(t, n)
 	var toADD, toApp []float64
 	for i := range count {
 		p := PodSpec{Namespace: ns, Name: fmt.Sprintf("outage-%02d", i)}
-		if err := fault.Block(); err != nil {
-			t.Fatal(err)
-		}
-		veth := watch.Next()
-		if err := n.Apply(ctx, p); err != nil {
-			t.Fatal(err)
-		}
-		var vethAt time.Time
-		select {
-		case vethAt = <-veth:
-		case <-time.After(time.Minute):
-			t.Fatalf("pod %s: no veth within a minute: %s", p.Name, n.describe(ctx, ns, p.Name))
-		}
+		_, vethAt := applyBlocked(ctx, t, n, fault, watch, p)
 		o := <-fault.OpenAt(vethAt.Add(time.Second + time.Duration(rand.Int64N(int64(5*time.Second)))))
 		if o.Err != nil {
 			t.Fatal(o.Err)
@@ -153,18 +132,18 @@ func TestOutageShorterThanTimeout(t *testing.T) {
 		n.DeletePod(ctx, ns, p.Name, true)
 	}
 	t.Logf("%d pods: path opened -> netready's ADD returned p50 %.1f ms p99 %.1f ms; -> app started p50 %.1f ms p99 %.1f ms",
-		count, percentile(toADD, 50), percentile(toADD, 99), percentile(toApp, 50), percentile(toApp, 99))
+		count, testbed.Percentile(toADD, 50), testbed.Percentile(toADD, 99), testbed.Percentile(toApp, 50), testbed.Percentile(toApp, 99))
 	figures.Set("open_to_running_ms", map[string]any{
-		"p50": percentile(toApp, 50), "p99": percentile(toApp, 99),
-		"add_return_p50": percentile(toADD, 50), "add_return_p99": percentile(toADD, 99),
+		"p50": testbed.Percentile(toApp, 50), "p99": testbed.Percentile(toApp, 99),
+		"add_return_p50": testbed.Percentile(toADD, 50), "add_return_p99": testbed.Percentile(toADD, 99),
 		"pods": count, "app_start_ms": toApp, "add_return_ms": toADD,
 	})
 	// netready's own part: the ADD returns within a second of the opening (generous: typically
 	// tens of ms). What follows is the kubelet's and containerd's container start.
-	if p99 := percentile(toADD, 99); p99 > 1000 {
+	if p99 := testbed.Percentile(toADD, 99); p99 > 1000 {
 		t.Errorf("netready's ADD returned %.0f ms (p99) after the path opened, want <= 1000 ms", p99)
 	}
-	if p99 := percentile(toApp, 99); p99 > 15000 {
+	if p99 := testbed.Percentile(toApp, 99); p99 > 15000 {
 		t.Errorf("the app started %.0f ms (p99) after the path opened, want <= 15 s", p99)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/netready/netready/e2e/testbed"
 )
 
 // netreadyLog is netready's log file on the node (logFile in the owned conflist): a failed
@@ -108,17 +110,6 @@ func addLinesIn(t *testing.T, path, pod string) []logLine {
 	return out
 }
 
-// percentile is the nearest-rank percentile p (0-100) of xs.
-func percentile(xs []float64, p float64) float64 {
-	if len(xs) == 0 {
-		return math.NaN()
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	i := int(math.Ceil(p/100*float64(len(s)))) - 1
-	return s[max(0, min(i, len(s)-1))]
-}
-
 func round1(x float64) float64 { return math.Round(x*10) / 10 }
 
 // podName is a valid pod name.
@@ -127,18 +118,7 @@ func podName(parts ...string) string { return strings.ToLower(strings.Join(parts
 // netreadyProcs lists the PIDs of running netready plugin processes (the node's CNI bin dir).
 func netreadyProcs(n *Node) []int {
 	bin := filepath.Join(n.CNIBinDir(), "netready")
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err == nil && exe == bin {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return testbed.Pids(func(_ int, dir string) bool { return testbed.ProcExe(dir) == bin })
 }
 
 // alive reports whether pid still runs (and is not a zombie).
@@ -155,16 +135,42 @@ func itoa(i int) string { return strconv.Itoa(i) }
 
 // procsByExe lists the PIDs whose executable is one of exes.
 func procsByExe(exes ...string) []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err == nil && slices.Contains(exes, exe) {
-			pids = append(pids, pid)
-		}
+	return testbed.Pids(func(_ int, dir string) bool { return slices.Contains(exes, testbed.ProcExe(dir)) })
+}
+
+// blockAndWatch blocks the node's path beyond the router until the test ends, and watches the
+// node's veths until then.
+func blockAndWatch(t *testing.T, n *Node) (*testbed.Fault, *VethWatch) {
+	t.Helper()
+	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
+	if err != nil {
+		t.Fatal(err)
 	}
-	return pids
+	t.Cleanup(func() { fault.Unblock() })
+	watch, err := n.WatchVeths()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { watch.Close() })
+	return fault, watch
+}
+
+// applyBlocked blocks the path, applies p and waits (up to a minute) for its veth in the node:
+// the moment the pod's network is set up. created is when Apply was called.
+func applyBlocked(ctx context.Context, t *testing.T, n *Node, fault *testbed.Fault, watch *VethWatch, p PodSpec) (created, vethAt time.Time) {
+	t.Helper()
+	if err := fault.Block(); err != nil {
+		t.Fatal(err)
+	}
+	veth := watch.Next()
+	created = time.Now()
+	if err := n.Apply(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case vethAt = <-veth:
+	case <-time.After(time.Minute):
+		t.Fatalf("pod %s: no veth in the node within a minute: %s", p.Name, n.describe(ctx, p.Namespace, p.Name))
+	}
+	return created, vethAt
 }

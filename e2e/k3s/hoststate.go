@@ -1,7 +1,6 @@
 package k3s
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/netready/netready/e2e/testbed"
 )
 
 // stateFile records, before K3s touches anything, what the host looked like and what was
@@ -152,7 +153,7 @@ func restoreHost(s *hostState) error {
 		mounted = append(mounted, filepath.Join("/run/netns", e))
 	}
 	for _, p := range mounted {
-		if err := unmountUnder(p); err != nil {
+		if err := testbed.UnmountUnder(p); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -257,23 +258,10 @@ func cgroupHierarchies() []string {
 // leftoverProcs are the processes of K3s's containerd and pods: the shims (their command line
 // names /run/k3s/containerd, or the run's dir) and every process in the kubelet's cgroups.
 func leftoverProcs(s *hostState) []int {
-	var pids []int
-	self := os.Getpid()
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		c := string(cmdline)
-		if strings.Contains(c, "/run/k3s/containerd") || (s.Dir != "" && strings.Contains(c, s.Dir)) {
-			pids = append(pids, pid)
-		}
-	}
+	pids := testbed.Pids(func(_ int, dir string) bool {
+		c := testbed.ProcCmdline(dir)
+		return strings.Contains(c, "/run/k3s/containerd") || (s.Dir != "" && strings.Contains(c, s.Dir))
+	})
 	for _, cg := range newCgroups(s) {
 		filepath.WalkDir(cg, func(path string, d os.DirEntry, err error) error {
 			if err != nil || !d.IsDir() {
@@ -281,7 +269,7 @@ func leftoverProcs(s *hostState) []int {
 			}
 			b, _ := os.ReadFile(filepath.Join(path, "cgroup.procs"))
 			for _, f := range strings.Fields(string(b)) {
-				if pid, err := strconv.Atoi(f); err == nil && pid != self {
+				if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
 					pids = append(pids, pid)
 				}
 			}
@@ -328,48 +316,6 @@ func isK3s(pid int) bool {
 		return false
 	}
 	return strings.Contains(filepath.Base(exe), "k3s")
-}
-
-// mountsUnder lists mount points at or below dir, deepest last (mountinfo's order).
-func mountsUnder(dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var mounts []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := strings.ReplaceAll(fields[4], `\040`, " ")
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			mounts = append(mounts, mp)
-		}
-	}
-	return mounts
-}
-
-// unmountUnder unmounts everything at or below dir, deepest first; a busy mount is detached.
-func unmountUnder(dir string) error {
-	for range 10 {
-		mounts := mountsUnder(dir)
-		if len(mounts) == 0 {
-			return nil
-		}
-		for i := len(mounts) - 1; i >= 0; i-- {
-			if err := unix.Unmount(mounts[i], 0); err != nil {
-				unix.Unmount(mounts[i], unix.MNT_DETACH)
-			}
-		}
-	}
-	if m := mountsUnder(dir); len(m) > 0 {
-		return fmt.Errorf("still mounted: %s", strings.Join(m, ", "))
-	}
-	return nil
 }
 
 // removeStale restores the host after a run that was killed before its cleanup: its state file

@@ -66,7 +66,7 @@ func summarize(pods []huntPod, notes string) huntSummary {
 		ms = append(ms, p.StartToConnectMS)
 	}
 	if len(ms) > 0 {
-		s.P50MS, s.P99MS, s.MaxMS = percentile(ms, 50), percentile(ms, 99), slices.Max(ms)
+		s.P50MS, s.P99MS, s.MaxMS = testbed.Percentile(ms, 50), testbed.Percentile(ms, 99), slices.Max(ms)
 	}
 	return s
 }

@@ -13,6 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netready/netready/e2e/testbed"
+
+	"github.com/netready/netready/internal/testbin"
 )
 
 // Start brings a K3s node up for a test binary: it takes the tier's host lock, restores what a
@@ -140,7 +142,7 @@ func (n *Node) Close() error {
 			errs = append(errs, fmt.Errorf("k3s: processes left: %v", pids))
 		}
 		for _, p := range []string{kubeletDir, runK3s} {
-			if m := mountsUnder(p); len(m) > 0 {
+			if m := testbed.MountsUnder(p); len(m) > 0 {
 				errs = append(errs, fmt.Errorf("k3s: still mounted: %s", strings.Join(m, ", ")))
 			}
 		}
@@ -184,21 +186,14 @@ func buildTools(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	for name, pkg := range map[string]string{
-		"pause":    "./e2e/k3s/cmd/pause",
-		"app":      "./e2e/k3s/cmd/app",
-		"netready": "./plugin/netready",
+	// app is this module's; pause and netready are the root module's.
+	for _, b := range []struct{ name, dir, pkg string }{
+		{"pause", root, "./e2e/pause"},
+		{"app", filepath.Join(root, "e2e", "k3s"), "./cmd/app"},
+		{"netready", root, "./plugin/netready"},
 	} {
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(dir, name), pkg)
-		cmd.Dir = root
-		if pkg != "./plugin/netready" {
-			cmd.Dir = filepath.Join(root, "e2e", "k3s")
-			pkg = "./" + strings.TrimPrefix(pkg, "./e2e/k3s/")
-			cmd.Args[len(cmd.Args)-1] = pkg
-		}
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
+		if err := testbin.GoBuild(b.dir, filepath.Join(dir, b.name), nil, []string{"-ldflags=-s -w"}, b.pkg); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -246,12 +246,12 @@ func TestSeed(t *testing.T) {
 			sum := map[string]any{
 				"pods":                      len(pods),
 				"first_connect_failures":    failures,
-				"p50_ms":                    percentile(startTo, 50),
-				"p99_ms":                    percentile(startTo, 99),
-				"p50_ms_from_create":        percentile(createTo, 50),
-				"p99_ms_from_create":        percentile(createTo, 99),
-				"p50_ms_connect_after_open": percentile(afterOpen, 50),
-				"p99_ms_connect_after_open": percentile(afterOpen, 99),
+				"p50_ms":                    testbed.Percentile(startTo, 50),
+				"p99_ms":                    testbed.Percentile(startTo, 99),
+				"p50_ms_from_create":        testbed.Percentile(createTo, 50),
+				"p99_ms_from_create":        testbed.Percentile(createTo, 99),
+				"p50_ms_connect_after_open": testbed.Percentile(afterOpen, 50),
+				"p99_ms_connect_after_open": testbed.Percentile(afterOpen, 99),
 				"in_flight":                 inFlight,
 				"wall_s":                    round1(wall.Seconds()),
 				"load1":                     load1(),
@@ -263,11 +263,11 @@ func TestSeed(t *testing.T) {
 				delays = append(delays, float64(d)/1e6)
 			}
 			vmu.Unlock()
-			sum["veth_to_app_p50_ms"] = percentile(delays, 50)
+			sum["veth_to_app_p50_ms"] = testbed.Percentile(delays, 50)
 			figures.SetIn("seed", way.name, sum)
 			t.Logf("%s: %d pods (%d in flight, %.1f s, load %.1f), %d first connects failed; container start -> connect p50 %.1f ms p99 %.1f ms; create -> connect p50 %.1f ms p99 %.1f ms; path open -> connect p50 %.1f ms p99 %.1f ms",
-				way.name, len(pods), inFlight, wall.Seconds(), load1(), failures, percentile(startTo, 50), percentile(startTo, 99),
-				percentile(createTo, 50), percentile(createTo, 99), percentile(afterOpen, 50), percentile(afterOpen, 99))
+				way.name, len(pods), inFlight, wall.Seconds(), load1(), failures, testbed.Percentile(startTo, 50), testbed.Percentile(startTo, 99),
+				testbed.Percentile(createTo, 50), testbed.Percentile(createTo, 99), testbed.Percentile(afterOpen, 50), testbed.Percentile(afterOpen, 99))
 			switch {
 			case way.netready && failures != 0:
 				t.Errorf("with netready %d of %d first connects failed, want 0", failures, len(pods))

@@ -8,11 +8,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
@@ -20,6 +18,8 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/netready/netready/internal/testns"
 )
 
 // The addresses of every bed (see the package comment).
@@ -319,38 +319,15 @@ func (b *Bed) wait(at time.Time) bool {
 	}
 }
 
-// stalePrefix matches the names of netns and temp dirs made by beds: nr-<pid>-...
-var stalePrefix = regexp.MustCompile(`^nr-([0-9]+)-`)
-
 // RemoveStale removes the netns and temp dirs left by beds of processes that no longer exist
 // (killed, or stopped by `go test -timeout`, before their cleanup ran) and returns their names.
-// Those of live processes, including this one, are left alone.
+// Those of live processes, including this one, are left alone (testns.Stale).
 func RemoveStale() ([]string, error) {
-	dead := func(name string) bool {
-		m := stalePrefix.FindStringSubmatch(name)
-		if m == nil {
-			return false
-		}
-		pid, err := strconv.Atoi(m[1])
-		return err == nil && pid != os.Getpid() && errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
-	}
-	var removed []string
-	var errs []error
-	if entries, err := os.ReadDir(NetnsDir); err == nil {
-		for _, e := range entries {
-			if dead(e.Name()) {
-				n := &Netns{Name: e.Name(), Path: filepath.Join(NetnsDir, e.Name())}
-				if err := n.remove(); err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				removed = append(removed, n.Path)
-			}
-		}
-	}
+	removed, err := testns.RemoveStale()
+	errs := []error{err}
 	if entries, err := os.ReadDir(os.TempDir()); err == nil {
 		for _, e := range entries {
-			if e.IsDir() && dead(e.Name()) {
+			if e.IsDir() && testns.Stale(e.Name()) {
 				path := filepath.Join(os.TempDir(), e.Name())
 				if err := os.RemoveAll(path); err != nil {
 					errs = append(errs, err)

@@ -2,13 +2,14 @@ package testbed
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/netready/netready/internal/testbin"
 )
 
 // Plugin binary names, as CNI looks them up by "type".
@@ -107,14 +108,8 @@ func Build(dir string, plugins ...string) error {
 }
 
 func goBuild(root, dir string, pkgs ...string) error {
-	out := dir + string(filepath.Separator) // a dir: go build names each binary after its package
-	cmd := exec.Command("go", append([]string{"build", "-o", out}, pkgs...)...)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %w\n%s", err, bytes.TrimSpace(b))
-	}
-	return nil
+	// A dir: go build names each binary after its package.
+	return testbin.GoBuild(root, dir+string(filepath.Separator), nil, nil, pkgs...)
 }
 
 // ModuleRoot returns the directory of netready's go.mod: from `go env GOMOD` in the working dir,

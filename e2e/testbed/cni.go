@@ -8,27 +8,39 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/netready/netready/internal/testbin"
+
+	"github.com/netready/netready/pkg/install"
 )
 
-// k3sPlugins are the plugins of the list K3s writes (10-flannel.conflist), verbatim.
-const k3sPlugins = `{"type":"flannel","delegate":{"hairpinMode":true,"forceAddress":true,"isDefaultGateway":true}},
- {"type":"portmap","capabilities":{"portMappings":true}},
- {"type":"bandwidth","capabilities":{"bandwidth":true}}`
-
-// K3sConflist returns the chain K3s writes, at cniVersion (K3s writes "1.0.0"; STATUS and GC need
-// "1.1.0", CHECK "0.4.0"), with extra plugin objects (JSON) appended, e.g. netready's.
+// K3sConflist returns the chain K3s writes (install.K3sChain, the repository's one copy), at
+// cniVersion (K3s writes "1.0.0"; STATUS and GC need "1.1.0", CHECK "0.4.0"), with extra plugin
+// objects (JSON) appended, e.g. netready's. It panics on extra that is not JSON: a test's typo.
 func K3sConflist(cniVersion string, extra ...string) []byte {
-	plugins := k3sPlugins
-	for _, e := range extra {
-		plugins += ",\n " + e
+	var list struct {
+		Name       string            `json:"name"`
+		CNIVersion string            `json:"cniVersion"`
+		Plugins    []json.RawMessage `json:"plugins"`
 	}
-	return []byte(`{"name":"cbr0","cniVersion":"` + cniVersion + `","plugins":[
- ` + plugins + `]}`)
+	if err := json.Unmarshal(install.K3sChain, &list); err != nil {
+		panic(err)
+	}
+	list.CNIVersion = cniVersion
+	for _, e := range extra {
+		list.Plugins = append(list.Plugins, json.RawMessage(e))
+	}
+	b, err := json.Marshal(list)
+	if err != nil {
+		panic(fmt.Sprintf("K3sConflist: an extra plugin is not JSON: %v", err))
+	}
+	return b
 }
 
 // ConfList parses a conflist and points its node-local paths into the bed: flannel's subnetFile
@@ -241,4 +253,18 @@ func randomHex(n int) string {
 func uuid() string {
 	h := randomHex(16)
 	return strings.Join([]string{h[0:8], h[8:12], h[12:16], h[16:20], h[20:32]}, "-")
+}
+
+// ExecNetready runs the bed's netready binary as a runtime does: started from
+// a thread in the node netns, with exactly env (CNI_*; PATH is added) and
+// stdin. started, if not nil, gets the child's pid once it runs. A non-zero
+// exit is in the Result; the error says it could not run or did not end.
+func (b *Bed) ExecNetready(ctx context.Context, env map[string]string, stdin []byte, started func(pid int)) (testbin.Result, error) {
+	return testbin.Run(ctx, testbin.Call{
+		Binary:  filepath.Join(b.BinDir, Netready),
+		Env:     env,
+		Stdin:   stdin,
+		NetNS:   b.Node.Path,
+		Started: started,
+	})
 }

@@ -1,23 +1,21 @@
 package testbed
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/netready/netready/internal/testns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
 
 // NetnsDir is where `ip netns` keeps named network namespaces.
-const NetnsDir = "/var/run/netns"
+const NetnsDir = testns.Dir
 
 // Netns is a named network namespace made by the bed (`ip netns add`).
 type Netns struct {
@@ -26,21 +24,16 @@ type Netns struct {
 }
 
 func newNetns(ctx context.Context, name string) (*Netns, error) {
-	if _, err := run(ctx, "ip", "netns", "add", name); err != nil {
+	path, err := testns.Add(ctx, name)
+	if err != nil {
 		return nil, err
 	}
-	return &Netns{Name: name, Path: filepath.Join(NetnsDir, name)}, nil
+	return &Netns{Name: name, Path: path}, nil
 }
 
 // remove unmounts the netns. The kernel frees it, and destroys its virtual links (veths, bridges),
 // once the last socket or process in it is gone.
-func (n *Netns) remove() error {
-	if _, err := os.Stat(n.Path); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	_, err := run(context.Background(), "ip", "netns", "delete", n.Name)
-	return err
-}
+func (n *Netns) remove() error { return testns.Delete(n.Name) }
 
 // Do runs fn on an OS thread locked into the netns (ns.Do): sockets fn creates and processes it
 // starts belong to the netns. fn must not expect goroutines it starts to be in the netns.
@@ -116,18 +109,4 @@ func (n *Netns) Sysctl(key, value string) error {
 	})
 }
 
-func run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return runInput(ctx, "", name, args...)
-}
-
-func runInput(ctx context.Context, stdin string, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	if stdin != "" {
-		cmd.Stdin = strings.NewReader(stdin)
-	}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return out, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
-	}
-	return out, nil
-}
+var run, runInput = testns.Command, testns.CommandInput

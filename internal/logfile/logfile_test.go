@@ -6,7 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,7 +32,7 @@ func TestPlan(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := plan("l", tt.keep, tt.present); !reflect.DeepEqual(got, tt.want) {
+			if got := plan("l", tt.keep, tt.present); !slices.Equal(got, tt.want) {
 				t.Errorf("plan(keep %d, present %d) = %v, want %v", tt.keep, tt.present, got, tt.want)
 			}
 		})

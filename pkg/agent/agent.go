@@ -47,15 +47,22 @@ type Agent struct {
 	mine      os.FileInfo // the owned file as this agent last wrote it; nil before its first write
 }
 
+// ConfigError is a plugin object that New refuses: the operator's to fix,
+// unlike a missing directory, which is the node's (or the mounts').
+type ConfigError struct{ err error }
+
+func (e *ConfigError) Error() string { return e.err.Error() }
+func (e *ConfigError) Unwrap() error { return e.err }
+
 // New checks the plugin object with netready's own parser (the ADD will parse it the same way)
 // and returns an agent for the two dirs.
 func New(confDir, binDir string, plugin []byte, log *slog.Logger) (*Agent, error) {
 	conf, err := config.Parse(plugin)
 	if err != nil {
-		return nil, fmt.Errorf("the netready config is invalid: %v", err)
+		return nil, &ConfigError{fmt.Errorf("the netready config is invalid: %w", err)}
 	}
 	if conf.Type != "netready" {
-		return nil, fmt.Errorf(`the netready config has "type": %q; want "netready" (it is the plugin object appended to the chain)`, conf.Type)
+		return nil, &ConfigError{fmt.Errorf(`the netready config has "type": %q; want "netready" (it is the plugin object appended to the chain)`, conf.Type)}
 	}
 	for _, d := range []string{confDir, binDir} {
 		fi, err := os.Stat(d)

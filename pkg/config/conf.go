@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
+	"maps"
 	"net/url"
 	"path/filepath"
 	"slices"
@@ -91,9 +93,9 @@ var (
 		OnTimeout:      Fail,
 		Gateway:        true,
 		DefaultRoute:   true,
-		Interval:       10 * time.Millisecond,
-		MaxInterval:    40 * time.Millisecond,
-		AttemptTimeout: time.Second,
+		Interval:       DefaultInterval,
+		MaxInterval:    DefaultMaxInterval,
+		AttemptTimeout: DefaultAttemptTimeout,
 	}
 	defaultAnnotations = AnnotationPolicy{Allow: true, MaxTimeout: 2 * DefaultTimeout, MaxProbes: 8}
 	// A ready pod is gated within milliseconds, and a short wait (a route
@@ -193,9 +195,6 @@ func Parse(stdin []byte) (*Conf, error) {
 			d.errorf("interval", `%s is more than "maxInterval" %s: attempts start at interval and back off to maxInterval`, b.Interval, b.MaxInterval)
 		}
 	}
-	// An attempt never outlives the whole wait: a short timeout (set here,
-	// by a rule or by an annotation) shortens the attempts too.
-	b.AttemptTimeout = min(b.AttemptTimeout, b.Timeout)
 	if err := d.err("netready config: "); err != nil {
 		return nil, err
 	}
@@ -351,6 +350,26 @@ func (l *errorList) addf(format string, args ...any) {
 // skip counts n errors that were found but not worth spelling out.
 func (l *errorList) skip(n int) { l.more += n }
 
+// unknown calls report for each of keys that accepted refuses, in sorted
+// order, with the one of candidates it is an obvious misspelling of (or "").
+// Past the cap it only counts them: no need to look for their spelling.
+func (l *errorList) unknown(keys iter.Seq[string], accepted func(string) bool, candidates []string, report func(key, hint string)) {
+	var bad []string
+	for k := range keys {
+		if !accepted(k) {
+			bad = append(bad, k)
+		}
+	}
+	slices.Sort(bad)
+	for i, k := range bad {
+		if l.full() {
+			l.skip(len(bad) - i)
+			return
+		}
+		report(k, closest(k, candidates))
+	}
+}
+
 // err is nil when nothing was reported, else a code 7 error whose message
 // starts with prefix.
 func (l *errorList) err(prefix string) error {
@@ -497,33 +516,24 @@ func (d *decoder) object(path string, raw json.RawMessage, known []string) map[s
 // object also carries what CNI defines and what runtimes inject: the CNI
 // fields and any namespaced key (holding '.' or '/').
 func (d *decoder) unknownFields(path string, m map[string]json.RawMessage, known []string, plugin bool) {
-	var bad []string
-	for k := range m {
-		if slices.Contains(known, k) || plugin && (slices.Contains(cniFields, k) || strings.ContainsAny(k, "./")) {
-			continue
-		}
-		bad = append(bad, k)
+	candidates := known
+	if plugin {
+		candidates = append(slices.Clip(known), cniFields...)
 	}
-	slices.Sort(bad)
-	for i, k := range bad {
-		if d.full() {
-			d.skip(len(bad) - i) // no need to look for their spelling
-			return
-		}
-		candidates := known
-		if plugin {
-			candidates = append(slices.Clip(known), cniFields...)
-		}
+	accepted := func(k string) bool {
+		return slices.Contains(known, k) || plugin && (slices.Contains(cniFields, k) || strings.ContainsAny(k, "./"))
+	}
+	d.unknown(maps.Keys(m), accepted, candidates, func(k, hint string) {
 		field := k
 		if path != "" {
 			field = path + "." + k
 		}
-		if s := closest(k, candidates); s != "" {
-			d.errorf(field, "unknown field; did you mean %q?", s)
+		if hint != "" {
+			d.errorf(field, "unknown field; did you mean %q?", hint)
 		} else {
 			d.errorf(field, "unknown field; netready knows %s", strings.Join(known, ", "))
 		}
-	}
+	})
 }
 
 var separators = strings.NewReplacer("_", "", "-", "", " ", "")

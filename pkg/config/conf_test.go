@@ -155,8 +155,9 @@ func TestParse(t *testing.T) {
 		}},
 		{"attemptTimeout equal to timeout", `{"timeout": "2s", "attemptTimeout": "2s"}`, nil},
 		{"short timeout shortens the default attemptTimeout", `{"timeout": "500ms"}`, func(t *testing.T, c *Conf) {
-			if c.Base.AttemptTimeout != 500*time.Millisecond {
-				t.Errorf("AttemptTimeout = %s, want the timeout, 500ms", c.Base.AttemptTimeout)
+			s, err := c.Resolve(Pod{})
+			if err != nil || s.AttemptTimeout != 500*time.Millisecond {
+				t.Errorf("Resolve: AttemptTimeout = %s (%v), want the timeout, 500ms", s.AttemptTimeout, err)
 			}
 		}},
 		{"interval equal to maxInterval", `{"interval": "20ms", "maxInterval": "20ms"}`, nil},

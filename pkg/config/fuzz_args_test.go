@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -182,7 +183,7 @@ func FuzzResolveAnnotations(f *testing.F) {
 		}
 
 		// Probes: the admin's first and unchanged, then those the annotation added, within the cap.
-		if len(s.Probes) < len(b.Probes) || !reflect.DeepEqual(s.Probes[:len(b.Probes)], b.Probes) {
+		if len(s.Probes) < len(b.Probes) || !slices.Equal(s.Probes[:len(b.Probes)], b.Probes) {
 			t.Fatalf("annotations %q dropped or changed configured probes: %v, configured %v", ann, s.Probes, b.Probes)
 		}
 		if added := len(s.Probes) - len(b.Probes); added > 0 && (!a.Allow || len(s.Probes) > a.MaxProbes) {

@@ -65,7 +65,7 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		b := c.Base
-		if b.Timeout <= 0 || b.Timeout > MaxTimeout || b.AttemptTimeout <= 0 || b.AttemptTimeout > b.Timeout ||
+		if b.Timeout <= 0 || b.Timeout > MaxTimeout || b.AttemptTimeout <= 0 ||
 			b.Interval < minInterval || b.Interval > b.MaxInterval || (b.OnTimeout != Fail && b.OnTimeout != Allow) || b.Skipped {
 			t.Fatalf("Parse accepted a base spec out of bounds: %+v", b)
 		}
@@ -89,7 +89,7 @@ func FuzzParse(f *testing.F) {
 				}
 				continue
 			}
-			if s.Timeout <= 0 || s.Timeout > MaxTimeout || s.AttemptTimeout > s.Timeout {
+			if s.Timeout <= 0 || s.Timeout > MaxTimeout || s.AttemptTimeout <= 0 || s.AttemptTimeout > s.Timeout {
 				t.Fatalf("Resolve(%+v) = %+v: timeout out of bounds", pod, s)
 			}
 			if s.Skipped != (s.SkipReason != "") {

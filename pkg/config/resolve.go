@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"path"
 	"slices"
 	"strings"
@@ -74,6 +75,14 @@ func (c *Conf) Pod(cniArgs string) (Pod, error) {
 // at fault, its value and the cap it broke; the conflist itself was checked
 // by Parse. The returned spec owns its Probes.
 func (c *Conf) Resolve(pod Pod) (Spec, error) {
+	s, err := c.resolve(pod)
+	// An attempt never outlives the whole wait: a short timeout (in the
+	// conflist, a rule or an annotation) shortens the attempts too.
+	s.AttemptTimeout = min(s.AttemptTimeout, s.Timeout)
+	return s, err
+}
+
+func (c *Conf) resolve(pod Pod) (Spec, error) {
 	s := c.Base
 	if field, entry, ok := c.Skip.match(pod); ok {
 		s.Probes = slices.Clone(s.Probes)
@@ -100,7 +109,6 @@ func (c *Conf) Resolve(pod Pod) (Spec, error) {
 			}
 		}
 	}
-	s.AttemptTimeout = min(s.AttemptTimeout, s.Timeout)
 	return s, nil
 }
 
@@ -232,22 +240,12 @@ func (l *annotationErrors) fail(key, format string, args ...any) {
 // closest known one: a typo must not silently drop a probe or a timeout.
 func (l *annotationErrors) unknown(ann map[string]string) {
 	known := []string{AnnotationProbes, AnnotationTimeout, AnnotationSkip}
-	var keys []string
-	for k := range ann {
-		if strings.HasPrefix(k, annotationPrefix) && !slices.Contains(known, k) {
-			keys = append(keys, k)
-		}
-	}
-	slices.Sort(keys)
-	for i, k := range keys {
-		if l.full() {
-			l.skip(len(keys) - i) // no need to look for their spelling
-			return
-		}
-		if hint := closest(k, known); hint != "" {
+	accepted := func(k string) bool { return !strings.HasPrefix(k, annotationPrefix) || slices.Contains(known, k) }
+	l.errorList.unknown(maps.Keys(ann), accepted, known, func(k, hint string) {
+		if hint != "" {
 			l.fail(k, "unknown netready annotation; did you mean %q?", hint)
 		} else {
 			l.fail(k, "unknown netready annotation; netready reads %s", strings.Join(known, ", "))
 		}
-	}
+	})
 }

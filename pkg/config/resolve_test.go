@@ -187,7 +187,7 @@ func TestResolveDoesNotShareProbes(t *testing.T) {
 		}
 		_ = append(s.Probes, Probe{})
 	}
-	if !reflect.DeepEqual(c.Base.Probes, base) || !reflect.DeepEqual(c.Rules[0].Probes, rule) {
+	if !slices.Equal(c.Base.Probes, base) || !slices.Equal(c.Rules[0].Probes, rule) {
 		t.Errorf("Resolve let its caller change the Conf: %+v %+v", c.Base.Probes, c.Rules[0].Probes)
 	}
 }

@@ -75,6 +75,16 @@ const (
 	MaxTimeout     = 200 * time.Second
 )
 
+// The attempt schedule's defaults, for the conflist and for a gate.Options
+// left zero. An attempt every 10 ms backing off to 40 ms finds a path within
+// 40 ms of its opening; an attempt's 1 s covers any target within a few
+// hundred milliseconds' round trip (see gate.Options.MaxInFlight).
+const (
+	DefaultInterval       = 10 * time.Millisecond
+	DefaultMaxInterval    = 40 * time.Millisecond
+	DefaultAttemptTimeout = time.Second
+)
+
 // Spec is what the gate enforces for one pod: the configuration after
 // resolution (config -> first matching rule -> annotations).
 type Spec struct {

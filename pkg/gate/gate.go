@@ -9,6 +9,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"time"
+
+	"github.com/netready/netready/pkg/config"
 )
 
 // Kind says how the gate drives a condition.
@@ -45,9 +47,9 @@ type Condition struct {
 
 // Options tune the wait. Zero values take the defaults noted.
 type Options struct {
-	Interval       time.Duration // first gap between attempts of a probe (10ms)
-	MaxInterval    time.Duration // the gap doubles up to this (40ms)
-	AttemptTimeout time.Duration // one attempt's budget (1s)
+	Interval       time.Duration // first gap between attempts of a probe (config.DefaultInterval)
+	MaxInterval    time.Duration // the gap doubles up to this (config.DefaultMaxInterval)
+	AttemptTimeout time.Duration // one attempt's budget (config.DefaultAttemptTimeout)
 	// MaxInFlight caps the attempts of one probe that wait for an answer at
 	// once (8). At the cap the oldest is closed to make room: the answer that
 	// counts after a path opens is the one to a packet sent after it opened,
@@ -55,6 +57,30 @@ type Options struct {
 	// At the default schedule an attempt thus lives about 8×40 ms, enough for
 	// any target within a few hundred milliseconds' round trip.
 	MaxInFlight int
+	// SlowInterval is how often a shared probe that does not lead tries to
+	// take the lead or a slot (1s): the bound on a takeover after the leader
+	// left without an answer (timeout, killed).
+	SlowInterval time.Duration
+
+	// FirstRound is how long the gate runs on its schedule alone before it
+	// calls Watch, if any conditions are still unmet then. Most pods find
+	// their network already working, and pay nothing for watchers; 0 calls
+	// Watch before the first evaluation.
+	FirstRound time.Duration
+	// Watch, when set, starts what wakes or ends the gate while it waits,
+	// once the first round is over with conditions unmet. It is called at
+	// most once, on the gate's goroutine; end stops the gate with a cause
+	// (the pod's netns was removed, say), which Report.Err then holds. The
+	// gate evaluates every local condition and tries every pending probe
+	// right after it returns, so no change made before it falls through.
+	// An error ends the gate (Report.Err holds it); Watch has then stopped
+	// whatever it had started.
+	Watch func(ctx context.Context, end context.CancelCauseFunc) (Wakeups, error)
+}
+
+// Wakeups are what Watch started: what wakes a waiting gate, how it shares
+// its probes with the other ADDs on the node, and how to stop them all.
+type Wakeups struct {
 	// PodChanged wakes the gate when a link, address, route or neighbour
 	// changed in the pod netns: local conditions are evaluated again and
 	// every pending probe is tried at once.
@@ -74,10 +100,12 @@ type Options struct {
 	// answer: every shared probe that does not lead tries at once, from its
 	// own netns (a pod never takes another pod's answer for its own).
 	PeerAnswered <-chan struct{}
-	// SlowInterval is how often a shared probe that does not lead tries to
-	// take the lead or a slot (1s): the bound on a takeover after the leader
-	// left without an answer (timeout, killed).
-	SlowInterval time.Duration
+
+	// Notes go to Report.Notes (why a probe is not shared, say).
+	Notes []string
+	// Close, if set, stops what Watch started. The gate calls it before Run
+	// returns, once every attempt has finished.
+	Close func()
 }
 
 // Peer is one ADD's seat at a target that several ADDs on the node wait on.
@@ -95,15 +123,17 @@ type Peer interface {
 	Answered()
 }
 
+// setDefaults fills in what was left zero: the schedule with the conflist's
+// own defaults (config owns them), the rest with the gate's.
 func (o *Options) setDefaults() {
 	if o.Interval <= 0 {
-		o.Interval = 10 * time.Millisecond
+		o.Interval = config.DefaultInterval
 	}
 	if o.MaxInterval < o.Interval {
-		o.MaxInterval = max(o.Interval, 40*time.Millisecond)
+		o.MaxInterval = max(o.Interval, config.DefaultMaxInterval)
 	}
 	if o.AttemptTimeout <= 0 {
-		o.AttemptTimeout = time.Second
+		o.AttemptTimeout = config.DefaultAttemptTimeout
 	}
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = 8
@@ -160,8 +190,9 @@ type Report struct {
 	Waited     time.Duration
 	// Err is why the gate stopped before all conditions held: the context was
 	// cancelled (Err is then its cause, which wraps context.Canceled when it
-	// was given none) or a check failed with a Permanent error. It is nil
-	// when all conditions held and when the context's deadline passed.
+	// was given none), Watch's end was called (its cause), Watch failed, or
+	// a check failed with a Permanent error. It is nil when all conditions
+	// held and when the context's deadline passed.
 	Err error
 	// Notes are what the operator should know about how the gate ran, such
 	// as why a probe was not shared with the other ADDs on the node.
@@ -234,43 +265,58 @@ type probeState struct {
 type run struct {
 	opt     Options
 	ctx     context.Context
+	end     context.CancelCauseFunc // ends ctx with a cause; Watch's end
 	conds   []Condition
 	status  []Status
 	probes  []probeState
 	start   time.Time
 	results chan result
 	running int
+
+	watchAt  time.Time // when the first round ends and Watch is called
+	watching bool      // Watch was called (or there is none)
+	wake     Wakeups   // what Watch started; zero before
+	notes    []string
 }
 
 // Run evaluates all conditions at once and returns when all hold, when ctx's
-// deadline passes, when ctx is cancelled or when a check fails permanently.
-// It returns only after every attempt it started has finished.
+// deadline passes, when ctx is cancelled, when a check fails permanently or
+// when Watch's end is called. It returns only after every attempt it started
+// has finished and what Watch started is closed.
 func Run(ctx context.Context, conds []Condition, opt Options) *Report {
 	opt.setDefaults()
+	ctx, end := context.WithCancelCause(ctx)
+	defer end(nil)
 	r := &run{
-		opt:     opt,
-		ctx:     ctx,
-		conds:   conds,
-		status:  make([]Status, len(conds)),
-		probes:  make([]probeState, len(conds)),
-		start:   time.Now(),
-		results: make(chan result),
+		opt:      opt,
+		ctx:      ctx,
+		end:      end,
+		conds:    conds,
+		status:   make([]Status, len(conds)),
+		probes:   make([]probeState, len(conds)),
+		start:    time.Now(),
+		results:  make(chan result),
+		watching: opt.Watch == nil,
 	}
+	r.watchAt = r.start.Add(opt.FirstRound)
 	for i, c := range conds {
 		r.status[i] = Status{Name: c.Name, Kind: c.Kind}
 		r.probes[i] = probeState{interval: opt.Interval, next: r.start, tokens: eventBurst, refilled: r.start}
-		if i < len(opt.Peers) && c.Kind == Active {
-			r.probes[i].peer = opt.Peers[i]
-		}
 	}
 	err := r.loop()
 	r.stopAll()
-	rep := &Report{Conditions: r.status, Start: r.start, Waited: time.Since(r.start), Err: err}
-	return rep
+	if r.wake.Close != nil {
+		r.wake.Close()
+	}
+	return &Report{Conditions: r.status, Start: r.start, Waited: time.Since(r.start), Err: err, Notes: r.notes}
 }
 
 func (r *run) loop() error {
-	if err := r.evalLocal(); err != nil {
+	if !r.watching && r.opt.FirstRound <= 0 {
+		if err := r.watch(time.Now()); err != nil {
+			return err
+		}
+	} else if err := r.evalLocal(); err != nil {
 		return err
 	}
 	timer := time.NewTimer(time.Hour)
@@ -281,6 +327,12 @@ func (r *run) loop() error {
 		if r.allReady() {
 			return nil
 		}
+		if !r.watching && !now.Before(r.watchAt) && r.ctx.Err() == nil {
+			if err := r.watch(now); err != nil {
+				return err
+			}
+			continue // try every pending probe now
+		}
 		timer.Reset(r.nextWake(now).Sub(now))
 
 		select {
@@ -289,14 +341,14 @@ func (r *run) loop() error {
 				return nil // timed out: the report lists what is unmet
 			}
 			return context.Cause(r.ctx) // a signal, the netns going away, ...
-		case <-r.opt.PodChanged:
+		case <-r.wake.PodChanged:
 			if err := r.evalLocal(); err != nil {
 				return err
 			}
 			r.launchOnEvent(time.Now())
-		case <-r.opt.NodeChanged:
+		case <-r.wake.NodeChanged:
 			r.launchOnEvent(time.Now())
-		case <-r.opt.PeerAnswered:
+		case <-r.wake.PeerAnswered:
 			r.launchFollowers(time.Now())
 		case res := <-r.results:
 			if err := r.finish(res); err != nil {
@@ -305,6 +357,32 @@ func (r *run) loop() error {
 		case <-timer.C:
 		}
 	}
+}
+
+// watch ends the first round: it calls Watch, then starts over with what
+// Watch started in place, as a gate that had them from the start would: it
+// evaluates the local conditions, and every pending probe starts its
+// schedule again from now (with its Peer, if it has one). The first round's
+// attempts still in flight are closed: they were sent at the full rate and
+// unshared, and a follower's budget counts one packet per attempt.
+func (r *run) watch(now time.Time) error {
+	r.watching = true
+	w, err := r.opt.Watch(r.ctx, r.end)
+	if err != nil {
+		return err
+	}
+	r.wake, r.notes = w, append(r.notes, w.Notes...)
+	for i, c := range r.conds {
+		p := &r.probes[i]
+		for _, a := range p.inflight {
+			r.drop(a)
+		}
+		*p = probeState{interval: r.opt.Interval, next: now, tokens: eventBurst, refilled: now}
+		if i < len(w.Peers) && c.Kind == Active {
+			p.peer = w.Peers[i]
+		}
+	}
+	return r.evalLocal()
 }
 
 // evalLocal evaluates every local condition against the pod netns's current
@@ -499,6 +577,9 @@ func (r *run) finish(res result) error {
 
 func (r *run) nextWake(now time.Time) time.Time {
 	wake := now.Add(time.Hour)
+	if !r.watching {
+		wake = r.watchAt
+	}
 	for i := range r.conds {
 		if p := &r.probes[i]; r.pending(i) && p.next.Before(wake) {
 			wake = p.next

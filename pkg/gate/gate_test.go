@@ -3,6 +3,7 @@ package gate
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,16 +61,10 @@ func ms(n ...int) []time.Duration {
 	return out
 }
 
-func equalDurations(a, b []time.Duration) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
+// from is a Watch that hands the gate w: with no FirstRound, from the
+// start.
+func from(w Wakeups) func(context.Context, context.CancelCauseFunc) (Wakeups, error) {
+	return func(context.Context, context.CancelCauseFunc) (Wakeups, error) { return w, nil }
 }
 
 // hang waits for the attempt to be closed, as a dropped SYN does.
@@ -105,7 +100,7 @@ func TestScheduleBacksOffToMaxInterval(t *testing.T) {
 		defer cancel()
 		rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
 			Options{Interval: 10 * time.Millisecond, MaxInterval: 40 * time.Millisecond})
-		if got, want := rec.startTimes(), ms(0, 10, 30, 70, 110, 150, 190); !equalDurations(got, want) {
+		if got, want := rec.startTimes(), ms(0, 10, 30, 70, 110, 150, 190); !slices.Equal(got, want) {
 			t.Errorf("attempts at %v, want %v", got, want)
 		}
 		if rep.Ready() || rep.Err != nil {
@@ -196,37 +191,64 @@ func TestNodeEventTriggersImmediateAttempt(t *testing.T) {
 			events <- struct{}{}
 		}()
 		rep := Run(t.Context(), []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
-			Options{NodeChanged: events})
+			Options{Watch: from(Wakeups{NodeChanged: events})})
 		if got := rep.Conditions[0].After; !rep.Ready() || got != 1005*time.Millisecond {
 			t.Fatalf("ready after %v, want at the event (1.005s)", got)
 		}
 	})
 }
 
+// TestEventStormIsRateLimited: a storm of node events at 500ms, between two
+// scheduled attempts (470ms, 510ms), fires attempts at that instant: a gate
+// that ignored events would fire none, one without a limit one an event.
 func TestEventStormIsRateLimited(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		rec := newRecorder(func(context.Context, int) error { return errRefused })
-		events := make(chan struct{})
-		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
-		defer cancel()
-		go func() {
-			time.Sleep(500 * time.Millisecond)
-			for range 100 {
-				select {
-				case events <- struct{}{}:
-				case <-ctx.Done():
-					return
+	const at = 500 * time.Millisecond
+	starts := func(storm int) []time.Duration {
+		var got []time.Duration
+		synctest.Test(t, func(t *testing.T) {
+			rec := newRecorder(func(context.Context, int) error { return errRefused })
+			events := make(chan struct{})
+			ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+			defer cancel()
+			go func() {
+				time.Sleep(at)
+				for range storm {
+					select {
+					case events <- struct{}{}:
+					case <-ctx.Done():
+						return
+					}
 				}
+			}()
+			Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+				Options{Watch: from(Wakeups{NodeChanged: events})})
+			got = rec.startTimes()
+		})
+		return got
+	}
+	count := func(starts []time.Duration, d time.Duration) (n int) {
+		for _, s := range starts {
+			if s == d {
+				n++
 			}
-		}()
-		rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
-			Options{NodeChanged: events})
-		// The schedule alone makes 4 + 24 attempts in 1s; a storm of 100
-		// events at one instant may add at most the burst.
-		if got := rep.Conditions[0].Attempts; got > 28+eventBurst {
-			t.Errorf("%d attempts, want at most %d: events must not flood the target", got, 28+eventBurst)
 		}
-	})
+		return n
+	}
+	quiet := starts(0)
+	if n := count(quiet, at); n != 0 {
+		t.Fatalf("without events %d attempts at %v, want none: the test needs an instant off the schedule %v", n, at, quiet)
+	}
+	for _, storm := range []int{1, 2, 100} {
+		got := starts(storm)
+		if n, want := count(got, at), min(storm, eventBurst); n != want {
+			t.Errorf("%d events at %v: %d attempts then, want %d (one an event, up to the burst of %d)", storm, at, n, want, eventBurst)
+		}
+		// An event's attempt replaces the next scheduled one: only the
+		// burst beyond the first adds to the schedule's count.
+		if len(got) > len(quiet)+eventBurst-1 {
+			t.Errorf("%d events: %d attempts in 1s, want at most %d: events must not flood the target", storm, len(got), len(quiet)+eventBurst-1)
+		}
+	}
 }
 
 func TestLocalConditionsFollowPodEvents(t *testing.T) {
@@ -249,7 +271,7 @@ func TestLocalConditionsFollowPodEvents(t *testing.T) {
 			pod <- struct{}{}
 		}()
 		rep := Run(t.Context(), []Condition{{Name: "route to 10.0.0.5", Kind: Local, Check: route}},
-			Options{PodChanged: pod, NodeChanged: node})
+			Options{Watch: from(Wakeups{PodChanged: pod, NodeChanged: node})})
 		if !rep.Ready() || rep.Conditions[0].After != 400*time.Millisecond {
 			t.Fatalf("ready=%v after %v, want ready at the pod event (400ms)", rep.Ready(), rep.Conditions[0].After)
 		}
@@ -280,7 +302,7 @@ func TestLocalConditionCanRegress(t *testing.T) {
 		rep := Run(ctx, []Condition{
 			{Name: "link eth0", Kind: Local, Check: link},
 			{Name: "icmp://10.0.0.1", Kind: Active, Check: hang},
-		}, Options{PodChanged: events})
+		}, Options{Watch: from(Wakeups{PodChanged: events})})
 		if rep.Ready() || rep.Conditions[0].Ready {
 			t.Fatalf("link reported ready after it went down: %s", rep.Summary())
 		}
@@ -309,7 +331,7 @@ func TestPermanentErrorStopsAtOnce(t *testing.T) {
 				return nil
 			}},
 			{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check},
-		}, Options{PodChanged: events})
+		}, Options{Watch: from(Wakeups{PodChanged: events})})
 		if !errors.Is(rep.Err, gone) || rep.Waited != 50*time.Millisecond || rep.Ready() {
 			t.Fatalf("Err=%v after %v, want %v at the event (50ms)", rep.Err, rep.Waited, gone)
 		}

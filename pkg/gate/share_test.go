@@ -2,6 +2,7 @@ package gate
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -64,8 +65,8 @@ func TestSharedProbe(t *testing.T) {
 				ctx, cancel := context.WithTimeout(t.Context(), tc.budget)
 				defer cancel()
 				rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
-					Options{Peers: []Peer{peer}})
-				if got := rec.startTimes(); !equalDurations(got, tc.want) {
+					Options{Watch: from(Wakeups{Peers: []Peer{peer}})})
+				if got := rec.startTimes(); !slices.Equal(got, tc.want) {
 					t.Errorf("attempts at %v, want %v", got, tc.want)
 				}
 				if rep.Ready() {
@@ -90,7 +91,7 @@ func TestFollowerTakesOverWithinOneSlowInterval(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 3600*time.Millisecond)
 		defer cancel()
 		Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
-			Options{Peers: []Peer{peer}})
+			Options{Watch: from(Wakeups{Peers: []Peer{peer}})})
 		// No slot before: silent, asking again at random times within a
 		// slow interval; from the first ask after 2.5 s, the full schedule.
 		got := rec.startTimes()
@@ -134,8 +135,8 @@ func TestFollowerWokenProvesItsOwnPath(t *testing.T) {
 				ctx, cancel := context.WithTimeout(t.Context(), 1900*time.Millisecond)
 				defer cancel()
 				rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
-					Options{Peers: []Peer{peer}, PeerAnswered: answered})
-				if got, want := rec.startTimes(), ms(1500); !equalDurations(got, want) {
+					Options{Watch: from(Wakeups{Peers: []Peer{peer}, PeerAnswered: answered})})
+				if got, want := rec.startTimes(), ms(1500); !slices.Equal(got, want) {
 					t.Errorf("attempts at %v, want one at once on the leader's answer", got)
 				}
 				if rep.Ready() != tc.wantReady {
@@ -161,7 +162,7 @@ func TestLeaderAnswerTellsPeer(t *testing.T) {
 			return errRefused
 		})
 		rep := Run(t.Context(), []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
-			Options{Peers: []Peer{peer}})
+			Options{Watch: from(Wakeups{Peers: []Peer{peer}})})
 		if !rep.Ready() || rep.Conditions[0].After != 30*time.Millisecond {
 			t.Fatalf("Ready=%v after %v, want ready at 30ms", rep.Ready(), rep.Conditions[0].After)
 		}
@@ -198,14 +199,15 @@ func TestEventsWakeFollowerKeepingItsSlowTick(t *testing.T) {
 				rec := newRecorder(refused)
 				ctx, cancel := context.WithTimeout(t.Context(), 2500*time.Millisecond)
 				defer cancel()
-				opts := Options{Peers: []Peer{peer}}
+				w := Wakeups{Peers: []Peer{peer}}
 				if tc.node {
-					opts.NodeChanged = events
+					w.NodeChanged = events
 				} else {
-					opts.PodChanged = events
+					w.PodChanged = events
 				}
+				opts := Options{Watch: from(w)}
 				Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}}, opts)
-				if got := rec.startTimes(); !equalDurations(got, tc.want) {
+				if got := rec.startTimes(); !slices.Equal(got, tc.want) {
 					t.Errorf("attempts at %v, want %v", got, tc.want)
 				}
 			})
@@ -230,7 +232,7 @@ func TestFollowerAttemptEndsBeforeSYNRetransmission(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
 		defer cancel()
 		Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
-			Options{Peers: []Peer{peer}, AttemptTimeout: 2 * time.Second})
+			Options{Watch: from(Wakeups{Peers: []Peer{peer}}), AttemptTimeout: 2 * time.Second})
 		mu.Lock()
 		defer mu.Unlock()
 		if len(lived) == 0 || lived[0] != followerAttemptTimeout {

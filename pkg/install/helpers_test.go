@@ -12,11 +12,7 @@ import (
 )
 
 // k3sLive is K3s's chain as a v1.35 node writes it (K3S.md).
-const k3sLive = `{"name":"cbr0","cniVersion":"1.0.0","plugins":[
- {"type":"flannel","delegate":{"hairpinMode":true,"forceAddress":true,"isDefaultGateway":true}},
- {"type":"portmap","capabilities":{"portMappings":true}},
- {"type":"bandwidth","capabilities":{"bandwidth":true}}]}
-`
+var k3sLive = string(K3sChain)
 
 // fakeNode is a K3s node's file tree under a temp root.
 type fakeNode struct {

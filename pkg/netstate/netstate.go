@@ -22,17 +22,13 @@ type NetNS struct {
 	h netlinksafe.Handle
 }
 
-// Open returns a view of the netns at path (a bind mount such as
-// /var/run/netns/X or /proc/PID/ns/net).
-func Open(path string) (*NetNS, error) {
-	nsh, err := netns.GetFromPath(path)
-	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", path, err)
-	}
-	defer nsh.Close() // the netlink socket keeps the namespace alive
+// OpenAt returns a view of the netns that nsh, an open file of it, names.
+// The caller keeps nsh: the view's netlink socket holds the namespace on
+// its own. (podns.Open is how netready opens a pod's netns.)
+func OpenAt(nsh netns.NsHandle) (*NetNS, error) {
 	h, err := netlinksafe.NewHandleAt(nsh, unix.NETLINK_ROUTE)
 	if err != nil {
-		return nil, fmt.Errorf("netlink in netns %s: %w", path, err)
+		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	return &NetNS{h: h}, nil
 }
@@ -160,14 +156,14 @@ func (n *NetNS) RouteTo(dst netip.Addr) error {
 	return nil
 }
 
-// Link is what a prevResult-less caller (the CLI) learns of a netns.
+// Link is a link of the netns and its global addresses.
 type Link struct {
 	Name  string
-	Addrs []netip.Prefix
+	Addrs []netip.Addr
 }
 
 // Links lists the netns's links other than loopback, with their global
-// addresses, for the CLI to build conditions when it has no prevResult.
+// addresses: what a caller without prevResult (the CLI) gates on.
 func (n *NetNS) Links() ([]Link, error) {
 	var links []netlink.Link
 	if err := retryDump(func() (err error) { links, err = n.h.LinkList(); return err }); err != nil {
@@ -188,8 +184,7 @@ func (n *NetNS) Links() ([]Link, error) {
 			if !ok || a.Scope != unix.RT_SCOPE_UNIVERSE {
 				continue
 			}
-			ones, _ := a.Mask.Size()
-			lk.Addrs = append(lk.Addrs, netip.PrefixFrom(ip.Unmap(), ones))
+			lk.Addrs = append(lk.Addrs, ip.Unmap())
 		}
 		out = append(out, lk)
 	}

@@ -1,32 +1,24 @@
 package netstate
 
 import (
-	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
-)
 
-var seq atomic.Int32
+	"github.com/vishvananda/netns"
+
+	"github.com/netready/netready/internal/testns"
+)
 
 // testNetNS makes a netns with a veth pair (eth0 inside, its peer in a
 // second netns) and removes both when the test ends.
 func testNetNS(t *testing.T) (pod, peer string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
-	}
-	n := seq.Add(1)
-	pod = fmt.Sprintf("nrst-%d-%d-pod", os.Getpid(), n)
-	peer = fmt.Sprintf("nrst-%d-%d-peer", os.Getpid(), n)
-	for _, name := range []string{pod, peer} {
-		run(t, "ip", "netns", "add", name)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	}
+	pod, _ = testns.New(t, "netstate-pod")
+	peer, _ = testns.New(t, "netstate-peer")
 	run(t, "ip", "-n", pod, "link", "add", "eth0", "type", "veth", "peer", "name", "veth0", "netns", peer)
 	run(t, "ip", "-n", pod, "link", "set", "lo", "up")
 	run(t, "ip", "-n", peer, "link", "set", "lo", "up")
@@ -35,14 +27,17 @@ func testNetNS(t *testing.T) (pod, peer string) {
 
 func run(t *testing.T, args ...string) {
 	t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
+	testns.Run(t, args[0], args[1:]...)
 }
 
 func open(t *testing.T, name string) *NetNS {
 	t.Helper()
-	n, err := Open("/var/run/netns/" + name)
+	nsh, err := netns.GetFromPath(filepath.Join(testns.Dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsh.Close()
+	n, err := OpenAt(nsh)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,15 +116,15 @@ func TestRoutes(t *testing.T) {
 	}
 	links, err := n.Links()
 	if err != nil || len(links) != 1 || links[0].Name != "eth0" || len(links[0].Addrs) != 1 ||
-		links[0].Addrs[0] != netip.MustParsePrefix("10.99.0.2/24") {
-		t.Errorf("Links()=%v, %v; want eth0 with 10.99.0.2/24", links, err)
+		links[0].Addrs[0] != netip.MustParseAddr("10.99.0.2") {
+		t.Errorf("Links()=%v, %v; want eth0 with 10.99.0.2", links, err)
 	}
 }
 
 func TestWatchNetNSWakesOnRouteChange(t *testing.T) {
 	pod, _ := testNetNS(t)
 	notify := make(chan struct{}, 1)
-	w, err := WatchNetNS("/var/run/netns/"+pod, notify)
+	w, err := WatchNetNS(sockets{t, pod}, notify)
 	if err != nil {
 		t.Fatal(err)
 	}

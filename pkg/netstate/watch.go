@@ -6,7 +6,6 @@ import (
 	"os"
 	"sync"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,18 +25,23 @@ const podGroups = unix.RTMGRP_LINK | unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV6_
 // Address changes on the node do not open paths.
 const nodeGroups = unix.RTMGRP_LINK | unix.RTMGRP_IPV4_ROUTE | unix.RTMGRP_IPV6_ROUTE | unix.RTMGRP_NEIGH
 
+// Sockets makes sockets inside a network namespace (podns.NetNS does).
+type Sockets interface {
+	Socket(domain, typ, proto int) (fd int, err error)
+}
+
 // WatchNetNS notifies on changes to links, addresses, routes and neighbours
-// in the netns at path. Each change does a non-blocking send on notify, so a
-// channel with a buffer of one coalesces bursts.
-func WatchNetNS(path string, notify chan<- struct{}) (*Watcher, error) {
-	var fd int
-	err := ns.WithNetNSPath(path, func(ns.NetNS) error {
-		var err error
-		fd, err = netlinkSocket(unix.NETLINK_ROUTE, podGroups)
-		return err
-	})
+// in the netns that s makes its sockets in. Each change does a non-blocking
+// send on notify, so a channel with a buffer of one coalesces bursts.
+func WatchNetNS(s Sockets, notify chan<- struct{}) (*Watcher, error) {
+	// A netlink socket belongs to the netns it was created in; binding it
+	// to its groups can happen on any thread.
+	fd, err := s.Socket(unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_ROUTE)
 	if err != nil {
-		return nil, fmt.Errorf("watch netns %s: %w", path, err)
+		return nil, fmt.Errorf("watch pod netns: netlink socket: %w", err)
+	}
+	if err := bind(fd, podGroups); err != nil {
+		return nil, fmt.Errorf("watch pod netns: %w", err)
 	}
 	w := &Watcher{}
 	w.start(fd, "rtnetlink", notify)
@@ -68,11 +72,19 @@ func netlinkSocket(proto, groups int) (int, error) {
 	if err != nil {
 		return -1, fmt.Errorf("netlink socket: %w", err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: uint32(groups)}); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("netlink bind: %w", err)
+	if err := bind(fd, groups); err != nil {
+		return -1, err
 	}
 	return fd, nil
+}
+
+// bind subscribes the netlink socket fd to groups, closing it on failure.
+func bind(fd, groups int) error {
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: uint32(groups)}); err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("netlink bind: %w", err)
+	}
+	return nil
 }
 
 func (w *Watcher) start(fd int, name string, notify chan<- struct{}) {

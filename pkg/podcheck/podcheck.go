@@ -5,45 +5,16 @@ package podcheck
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/coord"
 	"github.com/netready/netready/pkg/gate"
 	"github.com/netready/netready/pkg/netstate"
-	"github.com/netready/netready/pkg/probe"
+	"github.com/netready/netready/pkg/podns"
 )
-
-// Pod is what the previous plugins in the chain set up for the pod.
-type Pod struct {
-	NetNS    string       // path of the pod's netns
-	Links    []Link       // the sandbox interfaces
-	Gateways []netip.Addr // gateways of the pod's addresses
-}
-
-// Link is one sandbox interface and its addresses.
-type Link struct {
-	Name  string
-	Addrs []netip.Addr
-}
-
-// families reports which address families the pod has addresses in.
-func (p Pod) families() (v4, v6 bool) {
-	for _, l := range p.Links {
-		for _, a := range l.Addrs {
-			if a.Is4() {
-				v4 = true
-			} else {
-				v6 = true
-			}
-		}
-	}
-	return v4, v6
-}
 
 // quickRound is how long the first, watcher-less round may take: long
 // enough for a gateway and a target a few milliseconds away to answer, short
@@ -52,64 +23,70 @@ const quickRound = 20 * time.Millisecond
 
 // Run opens the pod's netns and waits, within ctx, until every condition
 // of spec holds. The error is for what prevents gating at all (a missing
-// netns); unmet conditions are in the report.
+// netns, podns.IsBadNetNS; a netlink or socket failure); unmet conditions
+// are in the report.
 func Run(ctx context.Context, spec config.Spec, pod Pod) (*gate.Report, error) {
-	// probe.OpenNetNS first: it tells a missing netns from a file that is
-	// not a netns, in words an operator can act on.
-	sockets, err := probe.OpenNetNS(pod.NetNS)
+	n, err := podns.Open(pod.NetNS)
 	if err != nil {
 		return nil, err
 	}
-	defer sockets.Close()
-	view, err := netstate.Open(pod.NetNS)
+	defer n.Close()
+	conds, err := Conditions(spec, pod, n.View(), n)
 	if err != nil {
 		return nil, err
 	}
-	defer view.Close()
-	conds, err := Conditions(spec, pod, view, sockets)
-	if err != nil {
-		return nil, err
+	// Most pods find their network already working: the gate runs a quick
+	// round first, and pays for watchers (three netlink sockets, and a
+	// wake-up for every change on a busy node) and for sharing only if
+	// something is unmet after it.
+	var watchErr error
+	report := gate.Run(ctx, conds, gate.Options{
+		Interval: spec.Interval, MaxInterval: spec.MaxInterval, AttemptTimeout: spec.AttemptTimeout,
+		FirstRound: quickRound,
+		Watch: func(_ context.Context, end context.CancelCauseFunc) (gate.Wakeups, error) {
+			w, err := watch(n, conds, end)
+			watchErr = err
+			return w, err
+		},
+	})
+	if watchErr != nil {
+		return nil, watchErr
 	}
-	opts := gate.Options{Interval: spec.Interval, MaxInterval: spec.MaxInterval, AttemptTimeout: spec.AttemptTimeout}
+	return report, nil
+}
 
-	// Most pods find their network already working: one quick round first,
-	// before paying for watchers (three netlink sockets, and a wake-up for
-	// every change on a busy node). If anything is unmet, the full gate
-	// below starts over with its watchers in place, so no change is missed.
-	quick, cancelQuick := context.WithTimeout(ctx, quickRound)
-	rep := gate.Run(quick, conds, opts)
-	cancelQuick()
-	if rep.Ready() || rep.Err != nil {
-		return rep, nil
+// watch starts what a waiting gate needs: the wake-ups from the pod's and
+// the node's netns, the sharing of its probes with the other ADDs on the
+// node, and what ends the wait early. Each of those calls end with its
+// cause; today one does: the pod's netns removed (podns.ErrRemoved).
+func watch(n *podns.NetNS, conds []gate.Condition, end context.CancelCauseFunc) (gate.Wakeups, error) {
+	var stops []func()
+	closeAll := func() {
+		for _, stop := range slices.Backward(stops) {
+			stop()
+		}
 	}
-
-	// Watch before the gate's first evaluation, so no change falls in between.
 	podChanged := make(chan struct{}, 1)
-	pw, err := netstate.WatchNetNS(pod.NetNS, podChanged)
+	pw, err := n.Watch(podChanged)
 	if err != nil {
-		return nil, err
+		return gate.Wakeups{}, err
 	}
-	defer pw.Close()
+	stops = append(stops, pw.Close)
 	nodeChanged := make(chan struct{}, 1)
 	nw, err := netstate.WatchNode(nodeChanged)
 	if err != nil {
-		return nil, err
+		closeAll()
+		return gate.Wakeups{}, err
 	}
-	defer nw.Close()
+	stops = append(stops, nw.Close)
 
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	stop, err := watchRemoval(pod.NetNS, cancel)
-	if err != nil {
-		return nil, err
-	}
-	defer stop()
-	opts.PodChanged, opts.NodeChanged = podChanged, nodeChanged
-	notes, unshare := share(&opts, conds)
-	defer unshare()
-	full := merge(rep, gate.Run(ctx, conds, opts))
-	full.Notes = append(full.Notes, notes...)
-	return full, nil
+	// What ends the wait early, besides ctx.
+	stops = append(stops, n.WatchGone(end))
+
+	w := share(conds)
+	stops = append(stops, w.Close)
+	w.PodChanged, w.NodeChanged, w.Close = podChanged, nodeChanged, closeAll
+	return w, nil
 }
 
 // RunDirEnv names another coordination directory than coord.DefaultDir:
@@ -119,121 +96,27 @@ const RunDirEnv = "NETREADY_RUN_DIR"
 // share seats every active condition at its target's table under
 // /run/netready, so that the ADDs waiting on one target on this node probe
 // it once between them. What cannot be shared is probed alone, as without
-// coordination, and the returned notes say why (for the log).
-func share(opts *gate.Options, conds []gate.Condition) (notes []string, closeFn func()) {
+// coordination, and the notes say why (for the log).
+func share(conds []gate.Condition) gate.Wakeups {
 	dir := os.Getenv(RunDirEnv)
 	if dir == "" {
 		dir = coord.DefaultDir
 	}
 	node, err := coord.Open(dir)
 	if err != nil {
-		return []string{"probing alone, not sharing with other ADDs: " + err.Error()}, func() {}
+		return gate.Wakeups{Notes: []string{"probing alone, not sharing with other ADDs: " + err.Error()}, Close: func() {}}
 	}
-	opts.Peers = make([]gate.Peer, len(conds))
+	w := gate.Wakeups{Peers: make([]gate.Peer, len(conds)), PeerAnswered: node.Answered(), Close: func() { node.Close() }}
 	for i, c := range conds {
 		if c.Kind != gate.Active {
 			continue
 		}
 		t, err := node.Target(c.Name)
 		if err != nil {
-			notes = append(notes, c.Name+": probing alone, not sharing with other ADDs: "+err.Error())
+			w.Notes = append(w.Notes, c.Name+": probing alone, not sharing with other ADDs: "+err.Error())
 			continue
 		}
-		opts.Peers[i] = t
+		w.Peers[i] = t
 	}
-	opts.PeerAnswered = node.Answered()
-	return notes, func() { node.Close() }
-}
-
-// merge reports the quick round and the full gate as one run: times count
-// from the quick round's start, attempts add up, and a condition that held
-// in both rounds held from when it first did.
-func merge(quick, full *gate.Report) *gate.Report {
-	shift := full.Start.Sub(quick.Start)
-	full.Start, full.Waited = quick.Start, full.Waited+shift
-	for i := range full.Conditions {
-		c, q := &full.Conditions[i], quick.Conditions[i]
-		c.Attempts += q.Attempts
-		switch {
-		case c.Ready && q.Ready:
-			c.After = q.After
-		case c.Ready:
-			c.After += shift
-		}
-		if c.LastErr == nil && !c.Ready {
-			c.LastErr = q.LastErr
-		}
-	}
-	return full
-}
-
-// Conditions lists what must hold in the order an operator reads them:
-// the local ones (links, addresses, default routes, a route to each probe
-// target), then the active ones (the gateway, then each probe).
-func Conditions(spec config.Spec, pod Pod, view *netstate.NetNS, sockets probe.Sockets) ([]gate.Condition, error) {
-	var conds []gate.Condition
-	local := func(name string, check func() error) {
-		conds = append(conds, gate.Condition{Name: name, Kind: gate.Local, Check: func(context.Context) error { return check() }})
-	}
-	for _, l := range pod.Links {
-		local("link "+l.Name, func() error {
-			err := view.LinkUp(l.Name)
-			if errors.Is(err, netstate.ErrNoLink) {
-				// The previous plugin made it: gone means the pod was torn down.
-				return gate.Permanent(errors.New("gone (was the pod deleted?)"))
-			}
-			return err
-		})
-		for _, a := range l.Addrs {
-			local(fmt.Sprintf("address %s on %s", a, l.Name), func() error {
-				err := view.AddrReady(l.Name, a)
-				if errors.Is(err, netstate.ErrDADFailed) {
-					return gate.Permanent(err)
-				}
-				return err
-			})
-		}
-	}
-	if spec.DefaultRoute {
-		v4, v6 := pod.families()
-		if v4 {
-			local("IPv4 default route", func() error { return view.DefaultRoute(true) })
-		}
-		if v6 {
-			local("IPv6 default route", func() error { return view.DefaultRoute(false) })
-		}
-	}
-
-	var active []gate.Condition
-	addProbe := func(name string, p config.Probe) error {
-		pr, err := probe.New(p, sockets)
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		active = append(active, gate.Condition{Name: name, Kind: gate.Active, Check: pr.Attempt})
-		return nil
-	}
-	if spec.Gateway {
-		for _, gw := range pod.Gateways {
-			host := gw.String()
-			if gw.Is6() {
-				host = "[" + host + "]"
-			}
-			p := config.Probe{Scheme: config.ICMP, Addr: gw, URL: "icmp://" + host}
-			if err := addProbe("gateway "+gw.String(), p); err != nil {
-				return nil, err
-			}
-		}
-	}
-	routed := map[netip.Addr]bool{}
-	for _, p := range spec.Probes {
-		if !routed[p.Addr] {
-			routed[p.Addr] = true
-			local("route to "+p.Addr.String(), func() error { return view.RouteTo(p.Addr) })
-		}
-		if err := addProbe(p.URL, p); err != nil {
-			return nil, err
-		}
-	}
-	return append(conds, active...), nil
+	return w
 }

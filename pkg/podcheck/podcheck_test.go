@@ -3,7 +3,6 @@ package podcheck
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -16,21 +15,17 @@ import (
 
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
+	"github.com/netready/netready/pkg/podns"
+
+	"github.com/netready/netready/internal/testns"
 )
 
 // testPod makes a pod netns whose eth0 (10.99.0.2/24, fd99::2/64) leads to
 // a peer netns holding the gateway 10.99.0.1, and removes both at the end.
-func testPod(t *testing.T) (pod Pod, podNS, peerNS string) {
+func testPod(t testing.TB) (pod Pod, podNS, peerNS string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
-	}
-	podNS = fmt.Sprintf("nrpc-%d-%s-pod", os.Getpid(), t.Name())
-	peerNS = fmt.Sprintf("nrpc-%d-%s-peer", os.Getpid(), t.Name())
-	for _, name := range []string{podNS, peerNS} {
-		run(t, "ip", "netns", "add", name)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	}
+	podNS, podPath := testns.New(t, "podcheck-pod")
+	peerNS, _ = testns.New(t, "podcheck-peer")
 	run(t, "ip", "-n", podNS, "link", "add", "eth0", "type", "veth", "peer", "name", "gw0", "netns", peerNS)
 	run(t, "ip", "-n", podNS, "addr", "add", "10.99.0.2/24", "dev", "eth0")
 	run(t, "ip", "-n", podNS, "addr", "add", "fd99::2/64", "dev", "eth0", "nodad")
@@ -39,21 +34,19 @@ func testPod(t *testing.T) (pod Pod, podNS, peerNS string) {
 	run(t, "ip", "-n", podNS, "link", "set", "eth0", "up")
 	run(t, "ip", "-n", podNS, "route", "add", "default", "via", "10.99.0.1")
 	pod = Pod{
-		NetNS:    "/var/run/netns/" + podNS,
+		NetNS:    podPath,
 		Links:    []Link{{Name: "eth0", Addrs: []netip.Addr{netip.MustParseAddr("10.99.0.2"), netip.MustParseAddr("fd99::2")}}},
 		Gateways: []netip.Addr{netip.MustParseAddr("10.99.0.1")},
 	}
 	return pod, podNS, peerNS
 }
 
-func run(t *testing.T, args ...string) {
+func run(t testing.TB, args ...string) {
 	t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
+	testns.Run(t, args[0], args[1:]...)
 }
 
-func spec(t *testing.T, probes ...string) config.Spec {
+func spec(t testing.TB, probes ...string) config.Spec {
 	t.Helper()
 	s := config.Spec{Gateway: true, DefaultRoute: true, Interval: 10 * time.Millisecond, MaxInterval: 40 * time.Millisecond, AttemptTimeout: time.Second}
 	for _, u := range probes {
@@ -90,6 +83,33 @@ func TestRunReadyPod(t *testing.T) {
 	}
 }
 
+// TestRunSeesALateRoute: local conditions are read again only on a pod
+// netlink event, so a gate whose watchers (started after the first round)
+// did not reach the pod's netns would never see the route and time out.
+func TestRunSeesALateRoute(t *testing.T) {
+	pod, podNS, _ := testPod(t)
+	pod.Links[0].Addrs = pod.Links[0].Addrs[:1] // IPv4 only
+	run(t, "ip", "-n", podNS, "route", "del", "default")
+	const late = 300 * time.Millisecond
+	go func() {
+		time.Sleep(late)
+		exec.Command("ip", "-n", podNS, "route", "add", "default", "via", "10.99.0.1").Run()
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	rep, err := Run(ctx, spec(t), pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Ready() {
+		t.Fatalf("not ready: %s", rep.Summary())
+	}
+	i := slices.IndexFunc(rep.Conditions, func(s gate.Status) bool { return s.Name == "IPv4 default route" })
+	if c := rep.Conditions[i]; c.After < late || c.After > late+time.Second || c.Attempts < 3 {
+		t.Errorf("default route ready after %v in %d checks, want soon after %v, checked in the first round, after Watch and on the event", c.After, c.Attempts, late)
+	}
+}
+
 func TestRunStopsWhenTheNetNSIsRemoved(t *testing.T) {
 	pod, podNS, _ := testPod(t)
 	go func() {
@@ -102,8 +122,8 @@ func TestRunStopsWhenTheNetNSIsRemoved(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !errors.Is(rep.Err, ErrNetNSRemoved) {
-		t.Fatalf("Err = %v, want %v", rep.Err, ErrNetNSRemoved)
+	if !errors.Is(rep.Err, podns.ErrRemoved) {
+		t.Fatalf("Err = %v, want %v", rep.Err, podns.ErrRemoved)
 	}
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("took %v to notice the netns was removed, want well under 2s", took)
@@ -199,31 +219,20 @@ func countThreads(t *testing.T) int {
 	return 0
 }
 
-func TestMergeReportsOneRun(t *testing.T) {
-	t0 := time.Now()
-	boom := errors.New("no answer")
-	quick := &gate.Report{Start: t0, Waited: 20 * time.Millisecond, Conditions: []gate.Status{
-		{Name: "link eth0", Ready: true, After: time.Millisecond, Attempts: 1},
-		{Name: "tcp://10.0.0.5:5432", Attempts: 2, LastErr: boom},
-		{Name: "icmp://10.0.0.6", Attempts: 2, LastErr: boom},
-	}}
-	full := &gate.Report{Start: t0.Add(21 * time.Millisecond), Waited: 100 * time.Millisecond, Conditions: []gate.Status{
-		{Name: "link eth0", Ready: true, After: 0, Attempts: 1},
-		{Name: "tcp://10.0.0.5:5432", Ready: true, After: 90 * time.Millisecond, Attempts: 7},
-		{Name: "icmp://10.0.0.6", Attempts: 9},
-	}}
-	got := merge(quick, full)
-	if got.Start != t0 || got.Waited != 121*time.Millisecond {
-		t.Errorf("Start %v Waited %v, want the quick round's start and 121ms", got.Start.Sub(t0), got.Waited)
-	}
-	want := []gate.Status{
-		{Name: "link eth0", Ready: true, After: time.Millisecond, Attempts: 2},
-		{Name: "tcp://10.0.0.5:5432", Ready: true, After: 111 * time.Millisecond, Attempts: 9},
-		{Name: "icmp://10.0.0.6", Attempts: 11, LastErr: boom},
-	}
-	for i, w := range want {
-		if c := got.Conditions[i]; c != w {
-			t.Errorf("condition %d = %+v, want %+v", i, c, w)
+// BenchmarkRunReady is the ready path of an ADD, in process: open the
+// pod's netns, build the conditions, one round of the gate that finds
+// them all met.
+func BenchmarkRunReady(b *testing.B) {
+	pod, _, _ := testPod(b)
+	pod.Links[0].Addrs = pod.Links[0].Addrs[:1] // IPv4 only: ready
+	s := spec(b, "icmp://10.99.0.1", "tcp://10.99.0.1:9?refused=ok")
+	for b.Loop() {
+		rep, err := Run(b.Context(), s, pod)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if !rep.Ready() {
+			b.Fatalf("not ready: %s", rep.Summary())
 		}
 	}
 }

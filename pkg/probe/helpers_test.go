@@ -3,6 +3,7 @@ package probe
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -195,21 +196,51 @@ func withAddr(ap netip.AddrPort, a netip.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(a, ap.Port())
 }
 
-func tcpProbe(ap netip.AddrPort, refusedOK bool) config.Probe {
-	return config.Probe{Scheme: config.TCP, Addr: ap.Addr(), Port: ap.Port(), RefusedOK: refusedOK, URL: "tcp://" + ap.String()}
+// mustProbe parses url as the conflist would: the probers take only what
+// config.ParseProbe made.
+func mustProbe(url string) config.Probe {
+	p, err := config.ParseProbe(url)
+	if err != nil {
+		panic(err)
+	}
+	return p
 }
 
-func httpProbe(scheme config.Scheme, ap netip.AddrPort, path string, min, max int) config.Probe {
-	return config.Probe{
-		Scheme: scheme, Addr: ap.Addr(), Port: ap.Port(), Host: ap.String(), Path: path,
-		StatusMin: min, StatusMax: max, URL: string(scheme) + "://" + ap.String() + path,
+func tcpProbe(ap netip.AddrPort, refusedOK bool) config.Probe {
+	if refusedOK {
+		return mustProbe("tcp://" + ap.String() + "?refused=ok")
 	}
+	return mustProbe("tcp://" + ap.String())
+}
+
+// httpProbe is scheme://ap/path, with ?status=min-max unless min is 0.
+func httpProbe(scheme config.Scheme, ap netip.AddrPort, path string, min, max int) config.Probe {
+	u := string(scheme) + "://" + ap.String() + path
+	if min != 0 {
+		sep := "?"
+		if strings.Contains(path, "?") {
+			sep = "&"
+		}
+		u += fmt.Sprintf("%sstatus=%d-%d", sep, min, max)
+	}
+	return mustProbe(u)
 }
 
 func dnsProbe(ap netip.AddrPort, name, qtype string) config.Probe {
-	return config.Probe{Scheme: config.DNS, Addr: ap.Addr(), Port: ap.Port(), Name: name, QType: qtype, URL: "dns://" + ap.String() + "/" + name}
+	u := "dns://" + ap.String() + "/" + name
+	if qtype != "" {
+		u += "?type=" + qtype
+	}
+	return mustProbe(u)
 }
 
 func icmpProbe(a netip.Addr) config.Probe {
-	return config.Probe{Scheme: config.ICMP, Addr: a, URL: "icmp://" + a.String()}
+	return mustProbe("icmp://" + hostOf(a))
+}
+
+func hostOf(a netip.Addr) string {
+	if a.Is6() {
+		return "[" + a.String() + "]"
+	}
+	return a.String()
 }

@@ -2,6 +2,7 @@ package probe
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -10,49 +11,44 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strings"
+	"net/url"
 
 	"github.com/netready/netready/pkg/config"
 )
 
 // httpProber succeeds when a GET gets a status in [min, max]. It speaks
-// HTTP/1.1 on one connection by hand: http.Transport would pool connections
-// and run goroutines of its own, all for one request.
+// HTTP/1.1 on one connection of its own: http.Transport would pool
+// connections and run goroutines of its own, all for one request.
 type httpProber struct {
 	socks    Sockets
 	dst      netip.AddrPort
 	tls      *tls.Config // nil for plain http
-	req      []byte
+	req      []byte      // the request, written once by http.Request.Write
 	min, max int
 }
 
+// newHTTP takes p as config.ParseProbe made it: Host, Path and the status
+// range are already checked there.
 func newHTTP(p config.Probe, s Sockets) (*httpProber, error) {
-	host, path := p.Host, p.Path
-	if host == "" {
-		host = p.AddrPort().String()
+	uri, err := url.ParseRequestURI(p.Path)
+	if err != nil {
+		return nil, fmt.Errorf("probe %s: %w", p, err)
 	}
-	if path == "" {
-		path = "/"
+	r := &http.Request{
+		Method:     http.MethodGet,
+		URL:        uri,
+		Host:       p.Host,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     http.Header{"User-Agent": {"netready"}, "Accept": {"*/*"}},
+		Close:      true,
 	}
-	if !strings.HasPrefix(path, "/") || !headerSafe(path) {
-		return nil, fmt.Errorf("probe %s: bad HTTP path %q", p, p.Path)
+	var req bytes.Buffer
+	if err := r.Write(&req); err != nil {
+		return nil, fmt.Errorf("probe %s: %w", p, err)
 	}
-	if !headerSafe(host) {
-		return nil, fmt.Errorf("probe %s: bad HTTP host %q", p, p.Host)
-	}
-	h := &httpProber{
-		socks: s,
-		dst:   p.AddrPort(),
-		req:   fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: netready\r\nAccept: */*\r\nConnection: close\r\n\r\n", path, host),
-		min:   p.StatusMin,
-		max:   p.StatusMax,
-	}
-	if h.min == 0 && h.max == 0 {
-		h.min, h.max = 200, 399
-	}
-	if h.min < 100 || h.max > 999 || h.min > h.max {
-		return nil, fmt.Errorf("probe %s: bad status range %d-%d", p, p.StatusMin, p.StatusMax)
-	}
+	h := &httpProber{socks: s, dst: p.AddrPort(), req: req.Bytes(), min: p.StatusMin, max: p.StatusMax}
 	if p.Scheme == config.HTTPS {
 		// The probe asks whether the server can be reached, not whether to
 		// trust it: pods talk to servers with self-signed and private CAs that
@@ -60,16 +56,6 @@ func newHTTP(p config.Probe, s Sockets) (*httpProber, error) {
 		h.tls = &tls.Config{InsecureSkipVerify: true}
 	}
 	return h, nil
-}
-
-// headerSafe says whether s can go into a request line or header as is.
-func headerSafe(s string) bool {
-	for i := range len(s) {
-		if s[i] <= ' ' || s[i] == 0x7f {
-			return false
-		}
-	}
-	return s != ""
 }
 
 func (p *httpProber) Attempt(ctx context.Context) error {

@@ -2,9 +2,9 @@ package probe
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"syscall"
 
@@ -106,77 +106,90 @@ func echoRequest(v6 bool, id, seq uint16) ([]byte, error) {
 // for the reply, done with an error for an ICMP error quoting the request.
 // Anything else is someone else's.
 func echoAnswer(v6 bool, b []byte, from, dst netip.Addr, id, seq uint16) (done bool, err error) {
-	if !v6 {
-		// IPv4 raw sockets read the IP header too.
-		var ok bool
-		if b, ok = stripIPv4(b); !ok {
+	proto := protoICMP
+	if v6 {
+		proto = protoICMPv6
+	} else {
+		// A raw IPv4 socket reads the IP header too (a SOCK_DGRAM ping socket
+		// would not); a raw IPv6 socket never does.
+		h, err := ipv4.ParseHeader(b)
+		if err != nil {
 			return false, nil
 		}
+		b = b[h.Len:]
 	}
-	if len(b) < 8 {
+	m, err := icmp.ParseMessage(proto, b)
+	if err != nil {
 		return false, nil
 	}
-	typ, code := b[0], b[1]
-	if typ == echoReplyType(v6) {
-		return from.WithZone("") == dst.WithZone("") && echoIs(b, echoReplyType(v6), id, seq), nil
-	}
-	if !quotesEcho(v6, b[8:], dst, id, seq) {
+	var quoted []byte
+	switch body := m.Body.(type) {
+	case *icmp.Echo:
+		return m.Type == echoReplyType(v6) && from.WithZone("") == dst.WithZone("") && body.ID == int(id) && body.Seq == int(seq), nil
+	case *icmp.DstUnreach:
+		quoted = body.Data
+	case *icmp.TimeExceeded:
+		quoted = body.Data
+	default:
 		return false, nil
 	}
-	what, errno := icmpError(v6, typ, code)
-	if what == "" {
+	if !quotesEcho(v6, quoted, dst, id, seq) {
 		return false, nil
 	}
+	what, errno := icmpError(v6, m.Type, m.Code)
 	return true, &terseError{fmt.Sprintf("%s (ICMP from %s)", what, from), errno}
 }
 
-func echoReplyType(v6 bool) byte {
+// The IANA protocol numbers icmp.ParseMessage takes.
+const (
+	protoICMP   = unix.IPPROTO_ICMP
+	protoICMPv6 = unix.IPPROTO_ICMPV6
+)
+
+func echoReplyType(v6 bool) icmp.Type {
 	if v6 {
-		return byte(ipv6.ICMPTypeEchoReply)
+		return ipv6.ICMPTypeEchoReply
 	}
-	return byte(ipv4.ICMPTypeEchoReply)
+	return ipv4.ICMPTypeEchoReply
 }
 
-// echoIs says whether b starts with an echo header of type typ for id/seq.
-func echoIs(b []byte, typ byte, id, seq uint16) bool {
-	return len(b) >= 8 && b[0] == typ &&
-		binary.BigEndian.Uint16(b[4:]) == id && binary.BigEndian.Uint16(b[6:]) == seq
-}
-
-// stripIPv4 returns the payload of IPv4 packet b.
-func stripIPv4(b []byte) ([]byte, bool) {
-	if len(b) < ipv4.HeaderLen || b[0]>>4 != 4 {
-		return nil, false
-	}
-	hl := int(b[0]&0x0f) * 4
-	if hl < ipv4.HeaderLen || len(b) < hl {
-		return nil, false
-	}
-	return b[hl:], true
-}
-
-// quotesEcho says whether q, the body of an ICMP error, quotes our echo
-// request to dst.
+// quotesEcho says whether q, the packet an ICMP error quotes, is our echo
+// request id/seq to dst.
 func quotesEcho(v6 bool, q []byte, dst netip.Addr, id, seq uint16) bool {
+	proto, request := protoICMP, icmp.Type(ipv4.ICMPTypeEcho)
 	if v6 {
-		const hl = ipv6.HeaderLen
-		return len(q) >= hl && q[0]>>4 == 6 && q[6] == unix.IPPROTO_ICMPV6 &&
-			netip.AddrFrom16([16]byte(q[24:40])) == dst.WithZone("") &&
-			echoIs(q[hl:], byte(ipv6.ICMPTypeEchoRequest), id, seq)
+		h, err := ipv6.ParseHeader(q)
+		if err != nil || h.NextHeader != protoICMPv6 || !addrIs(h.Dst, dst) {
+			return false
+		}
+		q = q[ipv6.HeaderLen:]
+		proto, request = protoICMPv6, ipv6.ICMPTypeEchoRequest
+	} else {
+		h, err := icmp.ParseIPv4Header(q)
+		if err != nil || h.Protocol != protoICMP || !addrIs(h.Dst, dst) {
+			return false
+		}
+		q = q[h.Len:]
 	}
-	if len(q) < ipv4.HeaderLen || q[9] != unix.IPPROTO_ICMP ||
-		netip.AddrFrom4([4]byte(q[16:20])) != dst {
+	m, err := icmp.ParseMessage(proto, q)
+	if err != nil || m.Type != request {
 		return false
 	}
-	body, ok := stripIPv4(q)
-	return ok && echoIs(body, byte(ipv4.ICMPTypeEcho), id, seq)
+	e, ok := m.Body.(*icmp.Echo)
+	return ok && e.ID == int(id) && e.Seq == int(seq)
+}
+
+// addrIs says whether ip, from a parsed header, is dst.
+func addrIs(ip net.IP, dst netip.Addr) bool {
+	a, ok := netip.AddrFromSlice(ip)
+	return ok && a.Unmap() == dst.WithZone("").Unmap()
 }
 
 // icmpError names an ICMP error and picks the errno the kernel would report
 // for it on a connected socket; "" for a type that is not an error.
-func icmpError(v6 bool, typ, code byte) (string, syscall.Errno) {
+func icmpError(v6 bool, typ icmp.Type, code int) (string, syscall.Errno) {
 	if v6 {
-		switch ipv6.ICMPType(typ) {
+		switch typ {
 		case ipv6.ICMPTypeDestinationUnreachable:
 			switch code {
 			case 0:
@@ -196,7 +209,7 @@ func icmpError(v6 bool, typ, code byte) (string, syscall.Errno) {
 		}
 		return "", 0
 	}
-	switch ipv4.ICMPType(typ) {
+	switch typ {
 	case ipv4.ICMPTypeDestinationUnreachable:
 		switch code {
 		case 0:

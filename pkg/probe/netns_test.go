@@ -2,13 +2,10 @@ package probe
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -16,6 +13,9 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/netready/netready/pkg/config"
+	"github.com/netready/netready/pkg/podns"
+
+	"github.com/netready/netready/internal/testns"
 )
 
 // The test topology: a pod netns and a peer netns joined by a veth pair, and
@@ -31,8 +31,6 @@ var (
 	noRoute4, noRoute6       = netip.MustParseAddr("10.232.0.1"), netip.MustParseAddr("fd32::1")
 )
 
-var netnsSeq atomic.Int32
-
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -45,28 +43,13 @@ func needRoot(t *testing.T) {
 
 func ipCmd(t *testing.T, args ...string) {
 	t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
+	testns.Run(t, "ip", args...)
 }
 
-// addNetNS creates a named netns that the test removes when it ends.
-func addNetNS(t *testing.T) (name, path string) {
+// openNetNS is podns.Open, closed when the test ends.
+func openNetNS(t *testing.T, path string) *podns.NetNS {
 	t.Helper()
-	name = fmt.Sprintf("nrtest-%d-%d", os.Getpid(), netnsSeq.Add(1))
-	ipCmd(t, "netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	return name, "/run/netns/" + name
-}
-
-// openNetNS is OpenNetNS, closed when the test ends.
-func openNetNS(t *testing.T, path string) *NetNS {
-	t.Helper()
-	n, err := OpenNetNS(path)
+	n, err := podns.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,8 +60,8 @@ func openNetNS(t *testing.T, path string) *NetNS {
 // topology builds the pod and peer netns and returns their paths.
 func topology(t *testing.T) (podPath, peerPath string) {
 	t.Helper()
-	pod, podPath := addNetNS(t)
-	peer, peerPath := addNetNS(t)
+	pod, podPath := testns.New(t, "probe-pod")
+	peer, peerPath := testns.New(t, "probe-peer")
 	ipCmd(t, "-n", pod, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", peer)
 	for _, c := range [][]string{
 		{"-n", pod, "addr", "add", pod4.String() + "/24", "dev", "veth0"},
@@ -228,7 +211,7 @@ func TestNetNS(t *testing.T) {
 // listens on the host's loopback is out of the pod's reach.
 func TestNetNSIsolation(t *testing.T) {
 	needRoot(t)
-	name, podPath := addNetNS(t)
+	name, podPath := testns.New(t, "probe-pod")
 	ipCmd(t, "-n", name, "link", "set", "lo", "up")
 	pod := openNetNS(t, podPath)
 	for _, f := range families {
@@ -252,53 +235,6 @@ func TestICMPLoopback(t *testing.T) {
 		t.Run(f.name, func(t *testing.T) {
 			check{probe: icmpProbe(f.lo)}.run(t, localSockets{})
 			attemptConcurrently(t, icmpProbe(f.lo), localSockets{}, 8, 8)
-		})
-	}
-}
-
-// BenchmarkNetNSSocket measures what entering the pod netns adds to an attempt.
-func BenchmarkNetNSSocket(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root: enters a network namespace")
-	}
-	n, err := OpenNetNS("/proc/self/ns/net")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer n.Close()
-	for b.Loop() {
-		fd, err := n.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-		if err != nil {
-			b.Fatal(err)
-		}
-		syscall.Close(fd)
-	}
-}
-
-// TestIsBadNetNS: what OpenNetNS says of a missing path or a file that is no
-// netns is the runtime's bad netns; other errors are not.
-func TestIsBadNetNS(t *testing.T) {
-	file := t.TempDir() + "/not-a-netns"
-	if err := os.WriteFile(file, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	_, missing := OpenNetNS(t.TempDir() + "/gone")
-	_, notNS := OpenNetNS(file)
-	for _, tc := range []struct {
-		name string
-		err  error
-		want bool
-	}{
-		{"missing path", missing, true},
-		{"regular file", notNS, true},
-		{"wrapped", fmt.Errorf("podcheck: %w", missing), true},
-		{"netlink failure", fmt.Errorf("netlink: %w", syscall.ENOBUFS), false},
-		{"nil", nil, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := IsBadNetNS(tc.err); got != tc.want {
-				t.Errorf("IsBadNetNS(%v) = %v, want %v", tc.err, got, tc.want)
-			}
 		})
 	}
 }

@@ -40,15 +40,11 @@ type Sockets interface {
 	Socket(domain, typ, proto int) (fd int, err error)
 }
 
-// New returns the Prober for p that creates its sockets with s.
+// New returns the Prober for p that creates its sockets with s. p is as
+// config.ParseProbe returned it (or, for a gateway, an icmp probe of an
+// address from prevResult): New checks none of what the parser checked.
 func New(p config.Probe, s Sockets) (Prober, error) {
-	if !p.Addr.IsValid() {
-		return nil, fmt.Errorf("probe %s: no target address", p)
-	}
 	p.Addr = p.Addr.Unmap()
-	if p.Scheme != config.ICMP && p.Port == 0 {
-		return nil, fmt.Errorf("probe %s: no port", p)
-	}
 	switch p.Scheme {
 	case config.ICMP:
 		return &icmpProber{socks: s, dst: p.Addr}, nil

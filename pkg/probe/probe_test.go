@@ -7,14 +7,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/netready/netready/pkg/config"
@@ -248,6 +246,8 @@ func openFDs(t *testing.T) int {
 	return len(ents)
 }
 
+// TestNewErrors: New checks nothing config.ParseProbe checked; what is left
+// is a Probe no parser made.
 func TestNewErrors(t *testing.T) {
 	v4 := netip.MustParseAddr("192.0.2.1")
 	for _, c := range []struct {
@@ -255,70 +255,33 @@ func TestNewErrors(t *testing.T) {
 		probe   config.Probe
 		wantErr string
 	}{
-		{"no address", config.Probe{Scheme: config.TCP, Port: 80}, "no target address"},
-		{"no port", config.Probe{Scheme: config.TCP, Addr: v4}, "no port"},
-		{"unknown scheme", config.Probe{Scheme: "ftp", Addr: v4, Port: 21}, `unknown scheme "ftp"`},
-		{"dns type", config.Probe{Scheme: config.DNS, Addr: v4, Port: 53, Name: "a.", QType: "MX"}, `DNS type "MX", want A or AAAA`},
-		{"dns long label", config.Probe{Scheme: config.DNS, Addr: v4, Port: 53, Name: strings.Repeat("a", 64) + "."}, "bad DNS name"},
-		{"dns empty label", config.Probe{Scheme: config.DNS, Addr: v4, Port: 53, Name: "a..b."}, "bad DNS name"},
-		{"http relative path", config.Probe{Scheme: config.HTTP, Addr: v4, Port: 80, Path: "x"}, "bad HTTP path"},
-		{"http space in path", config.Probe{Scheme: config.HTTP, Addr: v4, Port: 80, Path: "/a b"}, "bad HTTP path"},
-		{"http CRLF in host", config.Probe{Scheme: config.HTTP, Addr: v4, Port: 80, Host: "a\r\nX: y"}, "bad HTTP host"},
-		{"http reversed range", config.Probe{Scheme: config.HTTP, Addr: v4, Port: 80, StatusMin: 300, StatusMax: 200}, "bad status range 300-200"},
-		{"http status below 100", config.Probe{Scheme: config.HTTP, Addr: v4, Port: 80, StatusMin: 99, StatusMax: 200}, "bad status range"},
+		{"unknown scheme", config.Probe{Scheme: "ftp", Addr: v4, Port: 21, URL: "ftp://192.0.2.1:21"}, `probe ftp://192.0.2.1:21: unknown scheme "ftp"`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := New(c.probe, localSockets{})
-			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
-				t.Fatalf("New: %v, want an error containing %q", err, c.wantErr)
+			if err == nil || err.Error() != c.wantErr {
+				t.Fatalf("New: %v, want %q", err, c.wantErr)
 			}
 		})
 	}
 }
 
-func TestOpenNetNSErrors(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "file")
-	if err := os.WriteFile(file, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []struct {
-		name    string
-		path    string
-		wantErr string
-		as      any
-	}{
-		{"missing", filepath.Join(t.TempDir(), "missing"), "does not exist", &ns.NSPathNotExistErr{}},
-		{"regular file", file, "is not a network namespace", &ns.NSPathNotNSErr{}},
-		{"directory", t.TempDir(), "is not a network namespace", &ns.NSPathNotNSErr{}},
-		{"procfs file", "/proc/self/status", "is not a network namespace", &ns.NSPathNotNSErr{}},
-		{"mount namespace", "/proc/self/ns/mnt", "is not a network namespace", &ns.NSPathNotNSErr{}},
+// TestHTTPRequest pins the bytes http.Request.Write makes of a parsed probe.
+func TestHTTPRequest(t *testing.T) {
+	for _, c := range []struct{ url, want string }{
+		{"http://192.0.2.1", "GET / HTTP/1.1\r\nHost: 192.0.2.1\r\nUser-Agent: netready\r\nConnection: close\r\nAccept: */*\r\n\r\n"},
+		{"https://[fd00::1]:8443/healthz?x=1&status=204", "GET /healthz?x=1 HTTP/1.1\r\nHost: [fd00::1]:8443\r\nUser-Agent: netready\r\nConnection: close\r\nAccept: */*\r\n\r\n"},
+		{"http://192.0.2.1:8080/a%20b", "GET /a%20b HTTP/1.1\r\nHost: 192.0.2.1:8080\r\nUser-Agent: netready\r\nConnection: close\r\nAccept: */*\r\n\r\n"},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			n, err := OpenNetNS(c.path)
-			if err == nil {
-				n.Close()
-				t.Fatalf("OpenNetNS(%s) succeeded", c.path)
+		t.Run(c.url, func(t *testing.T) {
+			h, err := newHTTP(mustProbe(c.url), localSockets{})
+			if err != nil {
+				t.Fatal(err)
 			}
-			if want := "netns " + c.path + " " + c.wantErr; err.Error() != want {
-				t.Errorf("OpenNetNS: %q, want %q", err, want)
-			}
-			if !errors.As(err, c.as) {
-				t.Errorf("OpenNetNS: %v is not a %T", err, c.as)
+			if string(h.req) != c.want {
+				t.Errorf("request\n%q, want\n%q", h.req, c.want)
 			}
 		})
-	}
-}
-
-func TestNetNSClosed(t *testing.T) {
-	n, err := OpenNetNS("/proc/self/ns/net")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0); !errors.Is(err, net.ErrClosed) {
-		t.Fatalf("Socket after Close: %v, want net.ErrClosed", err)
 	}
 }
 

@@ -43,7 +43,7 @@ func cliAgent(args []string, stdout, stderr io.Writer) int {
 	plugin, err := os.ReadFile(*confPath)
 	if err != nil {
 		log.Error("cannot read the config", "path", *confPath, "error", err.Error())
-		return exitUsage
+		return exitCannot
 	}
 	if *k3sDataDir != "" {
 		kc, err := os.ReadFile(filepath.Join(*k3sDataDir, "agent", "kubelet.kubeconfig"))
@@ -59,7 +59,11 @@ func cliAgent(args []string, stdout, stderr io.Writer) int {
 	a, err := agent.New(*confDir, *binDir, plugin, log)
 	if err != nil {
 		log.Error("cannot start", "error", err.Error())
-		return exitUsage
+		var ce *agent.ConfigError
+		if errors.As(err, &ce) {
+			return exitUsage
+		}
+		return exitCannot
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

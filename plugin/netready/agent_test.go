@@ -105,23 +105,30 @@ func TestCLIAgent(t *testing.T) {
 	}
 }
 
+// TestCLIAgentUsage: 2 for what the operator wrote wrong, 3 for a machine
+// the agent cannot run on as told.
 func TestCLIAgentUsage(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.json")
 	os.WriteFile(bad, []byte(`{"type":"netready","probe":[]}`), 0o644)
+	good := filepath.Join(dir, "good.json")
+	os.WriteFile(good, []byte(`{"type":"netready"}`), 0o644)
 	for _, tc := range []struct {
 		name string
 		args []string
+		code int
 		want string
 	}{
-		{"no config", []string{}, "--config FILE is required"},
-		{"typo in config", []string{"--config", bad, "--cni-conf-dir", dir, "--cni-bin-dir", dir}, "probe"},
-		{"missing dir", []string{"--config", bad, "--cni-conf-dir", filepath.Join(dir, "x")}, "invalid"},
+		{"no config", []string{}, exitUsage, "--config FILE is required"},
+		{"typo in config", []string{"--config", bad, "--cni-conf-dir", dir, "--cni-bin-dir", dir}, exitUsage, "probe"},
+		{"typo in config and missing dir", []string{"--config", bad, "--cni-conf-dir", filepath.Join(dir, "x")}, exitUsage, "invalid"},
+		{"unreadable config", []string{"--config", filepath.Join(dir, "none.json")}, exitCannot, "cannot read the config"},
+		{"missing dir", []string{"--config", good, "--cni-conf-dir", filepath.Join(dir, "x"), "--cni-bin-dir", dir}, exitCannot, "is not a directory"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			if code := cliAgent(tc.args, io.Discard, &stderr); code != exitUsage || !strings.Contains(stderr.String(), tc.want) {
-				t.Errorf("exit %d, stderr %q; want %d and %q", code, stderr.String(), exitUsage, tc.want)
+			if code := cliAgent(tc.args, io.Discard, &stderr); code != tc.code || !strings.Contains(stderr.String(), tc.want) {
+				t.Errorf("exit %d, stderr %q; want %d and %q", code, stderr.String(), tc.code, tc.want)
 			}
 		})
 	}

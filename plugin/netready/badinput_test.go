@@ -2,12 +2,9 @@ package main_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -15,7 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/netready/netready/internal/testbin"
+	"github.com/netready/netready/internal/testns"
 )
 
 // TestBadInput runs the built binary as a runtime would (env and stdin) with input that is
@@ -28,15 +26,15 @@ import (
 // Rows with a non-empty bug field document a product bug: they assert the right behaviour, so
 // they fail until the bug is fixed. Search for `bug:`.
 func TestBadInput(t *testing.T) {
-	bin := buildNetready(t)
+	bin := testbin.Netready(t)
 	root := os.Geteuid() == 0
 
 	// As root, every row runs inside a netns made for the test, never in the root netns, so that
 	// a row that got past parsing by mistake could not probe from the machine itself.
 	var runner, pod string // netns paths; empty when not root
 	if root {
-		runner = addNetns(t, fmt.Sprintf("nr-%d-badinput-run", os.Getpid()))
-		pod = addNetns(t, fmt.Sprintf("nr-%d-badinput-pod", os.Getpid()))
+		_, runner = testns.New(t, "badinput-run")
+		_, pod = testns.New(t, "badinput-pod")
 	}
 	dir := t.TempDir()
 	noNetns := filepath.Join(dir, "no-such-netns")
@@ -130,20 +128,20 @@ func TestBadInput(t *testing.T) {
 		{name: "prevResult missing", stdin: field("prevResult", nil), code: 7, msg: "no prevResult in its config; put it last in the plugins list"},
 		{name: "CHECK prevResult missing", verb: "CHECK", stdin: field("prevResult", nil), code: 7, msg: "no prevResult"},
 		{name: "prevResult a string", stdin: field("prevResult", "10.42.0.5/24"), code: 7, msg: `"prevResult": want an object, got the string`},
-		{name: "prevResult ips not a list", stdin: withPrev(func(p map[string]any) { p["ips"] = "10.42.0.5/24" }), code: 6, msg: "prevResult: "},
+		{name: "prevResult ips not a list", stdin: withPrev(func(p map[string]any) { p["ips"] = "10.42.0.5/24" }), code: 6, msg: "prevResult (the result of the plugin before netready in conflist \"cbr0\", passed on by the runtime) is not usable: ", msg2: "check that plugin"},
 		{name: "prevResult address malformed", stdin: withPrev(func(p map[string]any) {
 			p["ips"] = []any{map[string]any{"address": "10.42.0.300/24", "interface": 2}}
-		}), code: 6, msg: "prevResult: "},
+		}), code: 6, msg: "prevResult (the result of the plugin before netready in conflist \"cbr0\", passed on by the runtime) is not usable: ", msg2: "check that plugin"},
 		{name: "prevResult address missing", stdin: withPrev(func(p map[string]any) {
 			p["ips"] = []any{map[string]any{"gateway": "10.42.0.1", "interface": 2}}
-		}), code: 6, msg: "prevResult: ips[0] has no address"},
-		{name: "prevResult interfaces not a list", stdin: withPrev(func(p map[string]any) { p["interfaces"] = 3 }), code: 6, msg: "prevResult: "},
+		}), code: 6, msg: "prevResult (the result of the plugin before netready in conflist \"cbr0\", passed on by the runtime) is not usable: ips[0] has no address"},
+		{name: "prevResult interfaces not a list", stdin: withPrev(func(p map[string]any) { p["interfaces"] = 3 }), code: 6, msg: "prevResult (the result of the plugin before netready in conflist \"cbr0\", passed on by the runtime) is not usable: ", msg2: "check that plugin"},
 		{name: "prevResult interface index out of range", stdin: withPrev(func(p map[string]any) {
 			p["ips"] = []any{map[string]any{"address": "10.42.0.5/24", "interface": 7}}
-		}), code: 7, msg: "prevResult: ips[0].interface is 7, but there are 3 interfaces"},
+		}), code: 7, msg: "prevResult (the result of the plugin before netready in conflist \"cbr0\", passed on by the runtime) is not usable: ips[0].interface is 7, but there are 3 interfaces"},
 		{name: "prevResult interface index negative", stdin: withPrev(func(p map[string]any) {
 			p["ips"] = []any{map[string]any{"address": "10.42.0.5/24", "interface": -1}}
-		}), code: 7, msg: "prevResult: ips[0].interface is -1"},
+		}), code: 7, msg: "prevResult (the result of the plugin before netready in conflist \"cbr0\", passed on by the runtime) is not usable: ips[0].interface is -1"},
 		{name: "prevResult no IPs, no netns", stdin: withPrev(func(p map[string]any) { delete(p, "ips") }),
 			code: 8, msg: "CNI_NETNS: netns " + noNetns + " does not exist"},
 		{name: "prevResult no IPs, an empty netns, nothing to wait for", env: map[string]string{"CNI_NETNS": pod},
@@ -158,6 +156,21 @@ func TestBadInput(t *testing.T) {
 				c["probes"] = []string{}
 				c["prevResult"] = prevResult(pod, func(p map[string]any) { delete(p, "ips"); delete(p, "routes") })
 			}), code: 11, msg: "link eth0", root: "needs a real pod netns", slow: true},
+		// The netns has no route: the probe fails locally, sending nothing.
+		{name: "timeout says how to reproduce", env: map[string]string{"CNI_NETNS": pod},
+			stdin: conf(func(c map[string]any) {
+				c["timeout"] = "300ms"
+				c["probes"] = []string{"tcp://192.0.2.1:80"}
+				c["prevResult"] = map[string]any{"cniVersion": "1.0.0"}
+			}), code: 11, msg: "pod network not ready after 3",
+			msg2: "tcp://192.0.2.1:80: network is unreachable (", root: "needs a real pod netns", slow: true},
+		{name: "timeout names the netns and the network", env: map[string]string{"CNI_NETNS": pod},
+			stdin: conf(func(c map[string]any) {
+				c["timeout"] = "300ms"
+				c["probes"] = []string{"tcp://192.0.2.1:80"}
+				c["prevResult"] = map[string]any{"cniVersion": "1.0.0"}
+			}), code: 11, msg: "; to reproduce while the sandbox exists: netready check --netns " + pod + " --conf CONFLIST",
+			msg2: `(CONFLIST: the conflist named "cbr0" in the runtime's CNI conf dir`, root: "needs a real pod netns", slow: true},
 
 		// the config
 		{name: "config unknown field", stdin: field("probe", []string{"icmp://10.0.0.1"}), code: 7, msg: `"probe": unknown field; did you mean "probes"?`},
@@ -283,15 +296,15 @@ func TestBadInput(t *testing.T) {
 			if stdin == nil {
 				stdin = conf(nil)
 			}
-			r := runPlugin(t, bin, runner, env, stdin)
-			t.Logf("took %v, %v CPU: %s", r.took, r.cpu, tc.name)
+			r, err := testbin.Run(t.Context(), testbin.Call{Binary: bin, Env: env, Stdin: stdin, NetNS: runner})
+			t.Logf("took %v, %v CPU: %s", r.Took, r.CPU, tc.name)
 
 			mu.Lock()
-			if r.took > slowest {
-				slowest, slowestName = r.took, tc.name
+			if r.Took > slowest {
+				slowest, slowestName = r.Took, tc.name
 			}
 			mu.Unlock()
-			tc.check(t, r, stdin)
+			tc.check(t, r, err, stdin)
 		})
 	}
 }
@@ -323,7 +336,7 @@ const maxOutput = 64 << 10
 // the bound is generous.
 const maxCPU = time.Second
 
-func (tc badCase) check(t *testing.T, r result, stdin []byte) {
+func (tc badCase) check(t *testing.T, r testbin.Result, runErr error, stdin []byte) {
 	t.Helper()
 	errorf := t.Errorf
 	if tc.bug != "" {
@@ -331,7 +344,7 @@ func (tc badCase) check(t *testing.T, r result, stdin []byte) {
 			t.Errorf("PRODUCT BUG (%s): "+format, append([]any{tc.bug}, args...)...)
 		}
 	}
-	stdout, stderr := r.stdout, r.stderr
+	stdout, stderr := r.Stdout, r.Stderr
 	short := func(b []byte) string {
 		if len(b) > 600 {
 			return fmt.Sprintf("%s... (%d bytes)", b[:600], len(b))
@@ -355,25 +368,25 @@ func (tc badCase) check(t *testing.T, r result, stdin []byte) {
 	if tc.slow {
 		limit += time.Second
 	}
-	if r.took > limit {
-		errorf("took %v, want at most %v", r.took, limit)
+	if r.Took > limit {
+		errorf("took %v, want at most %v", r.Took, limit)
 	}
-	if r.cpu > maxCPU {
-		errorf("used %v of CPU, want at most %v", r.cpu, maxCPU)
+	if r.CPU > maxCPU {
+		errorf("used %v of CPU, want at most %v", r.CPU, maxCPU)
 	}
-	if r.err != nil {
-		t.Fatalf("running the plugin: %v", r.err)
+	if runErr != nil {
+		t.Fatalf("running the plugin: %v", runErr)
 	}
 
 	switch {
 	case tc.cli:
-		if r.exit != 2 || len(stdout) != 0 || !bytes.Contains(stderr, []byte("CNI_COMMAND set")) {
-			errorf("exit %d, stdout %q, stderr %q; want the usage (naming CNI_COMMAND) on stderr and exit 2", r.exit, short(stdout), short(stderr))
+		if r.Exit != 2 || len(stdout) != 0 || !bytes.Contains(stderr, []byte("CNI_COMMAND set")) {
+			errorf("exit %d, stdout %q, stderr %q; want the usage (naming CNI_COMMAND) on stderr and exit 2", r.Exit, short(stdout), short(stderr))
 		}
 		return
 	case tc.ok:
-		if r.exit != 0 {
-			errorf("exit %d, stdout %s, stderr %s; want success", r.exit, short(stdout), short(stderr))
+		if r.Exit != 0 {
+			errorf("exit %d, stdout %s, stderr %s; want success", r.Exit, short(stdout), short(stderr))
 			return
 		}
 		if tc.verb == "DEL" {
@@ -393,7 +406,7 @@ func (tc badCase) check(t *testing.T, r result, stdin []byte) {
 		return
 	}
 
-	if r.exit == 0 {
+	if r.Exit == 0 {
 		errorf("exit 0, stdout %s; want an error", short(stdout))
 	}
 	var e struct {
@@ -415,56 +428,6 @@ func (tc badCase) check(t *testing.T, r result, stdin []byte) {
 			errorf("error %s does not say %s", short(stdout), want)
 		}
 	}
-}
-
-type result struct {
-	stdout, stderr []byte
-	exit           int
-	took, cpu      time.Duration // wall-clock time, and CPU time (user and system)
-	err            error         // the plugin could not be run, or did not end
-}
-
-// runPlugin runs the plugin with exactly env (plus PATH) and stdin, in the netns at netnsPath
-// when it is not empty: a child process starts in the netns of the thread that forks it.
-func runPlugin(t *testing.T, bin, netnsPath string, env map[string]string, stdin []byte) result {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	for k, v := range env {
-		if v != "" {
-			cmd.Env = append(cmd.Env, k+"="+v)
-		}
-	}
-	cmd.Stdin = bytes.NewReader(stdin)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	var r result
-	run := func() error {
-		start := time.Now()
-		err := cmd.Run()
-		r.took = time.Since(start)
-		return err
-	}
-	var err error
-	if netnsPath != "" {
-		err = ns.WithNetNSPath(netnsPath, func(ns.NetNS) error { return run() })
-	} else {
-		err = run()
-	}
-	r.stdout, r.stderr = stdout.Bytes(), stderr.Bytes()
-	if ps := cmd.ProcessState; ps != nil {
-		r.cpu = ps.UserTime() + ps.SystemTime()
-	}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee) && ee.Exited():
-		r.exit = ee.ExitCode()
-	case err != nil:
-		r.err = fmt.Errorf("%w (after %v)", err, r.took)
-	}
-	return r
 }
 
 // conf is a valid netready plugin object as a runtime hands it over (name and cniVersion of the
@@ -522,30 +485,4 @@ func manyProbes(n int) []string {
 		p[i] = fmt.Sprintf("icmp://10.%d.%d.%d", i/62500, i/250%250, i%250+1)
 	}
 	return p
-}
-
-// buildNetready builds the plugin binary once for the test.
-func buildNetready(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "netready")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// addNetns makes a named netns, removed when the test ends (also when it fails).
-func addNetns(t *testing.T, name string) string {
-	t.Helper()
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns delete %s: %v: %s", name, err, out)
-		}
-	})
-	return "/var/run/netns/" + name
 }

@@ -14,14 +14,12 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/containernetworking/cni/pkg/skel"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/types/create"
 
 	"github.com/netready/netready/internal/logrec"
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
-	"github.com/netready/netready/pkg/netstate"
 	"github.com/netready/netready/pkg/podcheck"
 )
 
@@ -45,12 +43,14 @@ Run by a container runtime (CNI_COMMAND set), it speaks CNI. Run by hand:
       come from --prev-result (a CNI result, e.g. from the runtime's cache
       under /var/lib/cni/results) or else from the netns itself. Exit 0
       ready, 1 not ready, 2 usage or config error, 3 the check could not
-      run (no such netns, a netlink or socket error).
+      run (a file that cannot be read, no such netns, a netlink or socket
+      error).
   netready explain --conf FILE [--pod NS/NAME] [--annotation K=V ...] [--json]
       Print the spec netready would enforce for that pod (probes and where
       each came from, timeout, onTimeout, gateway, defaultRoute, skipped or
       not and why) without touching any network. Exit 0 when the config and
-      annotations are valid, 2 with the error otherwise.
+      annotations are valid, 2 with the error otherwise, 3 when FILE cannot
+      be read.
   netready stats [--log FILE] [--since DUR] [--top N]
       How long pods waited for their network, from netready's log (default
       /var/log/netready/netready.log) and its rotated FILE.1, FILE.2 …:
@@ -73,8 +73,8 @@ Run by a container runtime (CNI_COMMAND set), it speaks CNI. Run by hand:
       <data-dir>/agent; --no-pod-watch leaves it out. A second identical
       run changes nothing. It ends by
       checking that the first conflist containerd reads chains netready.
-      Exit 0 done, 1 failed or refused (nothing changed unless it says so),
-      2 usage error, 3 files in place but netready not in containerd's chain
+      Exit 0 done, 1 failed or refused (nothing changed unless it says so;
+      also a --root that is not a directory), 2 usage error, 3 files in place but netready not in containerd's chain
       (flannel-cni-conf mode before a restart, or where K3s ignores it).
   netready uninstall [--bin-dir DIR] [--data-dir DIR] [--root DIR] [--restart] [--dry-run]
       Remove exactly what install made (its record is
@@ -90,7 +90,9 @@ Run by a container runtime (CNI_COMMAND set), it speaks CNI. Run by hand:
       primary that already chains netready and a conf dir another CNI owns
       (Cilium's exclusive mode, a file that sorts before netready's).
       Defaults: K3s's dirs, --log /var/log/netready/netready.log,
-      --metrics-addr :9725.
+      --metrics-addr :9725. Exit 0 after SIGTERM, 2 for usage or an invalid
+      FILE, 3 when it cannot run (FILE unreadable, a dir missing, the
+      metrics address taken).
   netready version
       Print the version (also --version).
   netready help
@@ -147,7 +149,7 @@ func cliCheck(args []string, stdout, stderr io.Writer) int {
 	spec, err := cliSpec(*confPath, *podFlag, ann)
 	if err != nil {
 		fmt.Fprintf(stderr, "netready check: %v\n", err)
-		return exitUsage
+		return specExit(err)
 	}
 	if *timeout > 0 {
 		spec.Timeout = *timeout
@@ -194,12 +196,28 @@ func (a *annotations) Set(kv string) error {
 	return nil
 }
 
+// readError is a file named on the command line that cannot be read: the
+// machine's trouble (missing, no permission), not a wrong command line.
+type readError struct{ err error }
+
+func (e readError) Error() string { return e.err.Error() }
+func (e readError) Unwrap() error { return e.err }
+
+// specExit is the exit code for an error of cliSpec: 3 when the conf file
+// cannot be read, 2 when what it holds (or a flag) is wrong.
+func specExit(err error) int {
+	if errors.As(err, new(readError)) {
+		return exitCannot
+	}
+	return exitUsage
+}
+
 // cliSpec resolves the spec for the pod named by NS/NAME (or no pod) with
 // the given annotations, as the runtime would pass them.
 func cliSpec(path, podName string, ann annotations) (config.Spec, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return config.Spec{}, err
+		return config.Spec{}, readError{err}
 	}
 	obj, err := config.FindPlugin(data)
 	if err != nil {
@@ -223,7 +241,7 @@ func cliSpec(path, podName string, ann annotations) (config.Spec, error) {
 // cliPod is the pod as prevResult describes it, or as its netns shows it.
 func cliPod(netnsPath, prevPath string) (podcheck.Pod, error) {
 	if prevPath == "" {
-		return podFromNetNS(netnsPath)
+		return podcheck.PodFromNetNS(netnsPath)
 	}
 	data, err := os.ReadFile(prevPath)
 	if err != nil {
@@ -239,31 +257,7 @@ func cliPod(netnsPath, prevPath string) (podcheck.Pod, error) {
 	}
 	// The runtime's name for the pod's interface is eth0 (CNI_IFNAME), used
 	// for results too old to say which interface an address is on.
-	return podFromResult(&skel.CmdArgs{Netns: netnsPath, IfName: "eth0"}, prev)
-}
-
-// podFromNetNS stands in for prevResult: the netns's own links, addresses
-// and default gateways.
-func podFromNetNS(path string) (podcheck.Pod, error) {
-	view, err := netstate.Open(path)
-	if err != nil {
-		return podcheck.Pod{}, err
-	}
-	defer view.Close()
-	links, err := view.Links()
-	if err != nil {
-		return podcheck.Pod{}, err
-	}
-	pod := podcheck.Pod{NetNS: path}
-	for _, l := range links {
-		lk := podcheck.Link{Name: l.Name}
-		for _, a := range l.Addrs {
-			lk.Addrs = append(lk.Addrs, a.Addr())
-		}
-		pod.Links = append(pod.Links, lk)
-	}
-	pod.Gateways, err = view.Gateways()
-	return pod, err
+	return podcheck.PodFromResult(netnsPath, "eth0", prev)
 }
 
 func cliExplain(args []string, stdout, stderr io.Writer) int {
@@ -284,7 +278,7 @@ func cliExplain(args []string, stdout, stderr io.Writer) int {
 	spec, err := cliSpec(*confPath, *podFlag, ann)
 	if err != nil {
 		fmt.Fprintf(stderr, "netready explain: %v\n", err)
-		return exitUsage
+		return specExit(err)
 	}
 	e := newExplanation(*podFlag, spec)
 	if *asJSON {
@@ -292,7 +286,7 @@ func cliExplain(args []string, stdout, stderr io.Writer) int {
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(e); err != nil {
 			fmt.Fprintf(stderr, "netready explain: %v\n", err)
-			return exitUsage
+			return exitCannot
 		}
 		return exitReady
 	}

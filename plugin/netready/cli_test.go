@@ -2,26 +2,19 @@ package main
 
 import (
 	"bytes"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"testing"
+
+	"github.com/netready/netready/internal/testns"
 )
 
 // TestCLICheck runs `netready check` against a real netns whose gateway
 // answers, with the pod read from the netns and from a prevResult file.
 func TestCLICheck(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
-	}
-	pod, peer := fmt.Sprintf("nrcli-%d-pod", os.Getpid()), fmt.Sprintf("nrcli-%d-peer", os.Getpid())
-	for _, name := range []string{pod, peer} {
-		run(t, "ip", "netns", "add", name)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	}
+	pod, netns := testns.New(t, "cli-pod")
+	peer, _ := testns.New(t, "cli-peer")
 	run(t, "ip", "-n", pod, "link", "add", "eth0", "type", "veth", "peer", "name", "gw0", "netns", peer)
 	run(t, "ip", "-n", pod, "addr", "add", "10.99.0.2/24", "dev", "eth0")
 	run(t, "ip", "-n", peer, "addr", "add", "10.99.0.1/24", "dev", "gw0")
@@ -42,7 +35,6 @@ func TestCLICheck(t *testing.T) {
 	prev := write("prev.json", `{"cniVersion":"1.0.0","interfaces":[{"name":"cni0"},{"name":"eth0","sandbox":"x"}],`+
 		`"ips":[{"address":"10.99.0.2/24","gateway":"10.99.0.1","interface":1}]}`)
 	unreachable := write("unreachable.json", `{"type":"netready","timeout":"300ms","probes":["icmp://10.99.0.3"]}`)
-	netns := "/var/run/netns/" + pod
 
 	tests := []struct {
 		name string
@@ -58,7 +50,7 @@ func TestCLICheck(t *testing.T) {
 		// The unreachable target is the one line not ready, tried more than once.
 		{"not ready", []string{"--netns", netns, "--conf", unreachable}, exitNotReady, []string{
 			`(?m)^gateway 10\.99\.0\.1 +yes `, `(?m)^icmp://10\.99\.0\.3 +no +- +([2-9]|\d\d+) `, `(?m)^NOT READY after `}},
-		{"no such netns", []string{"--netns", netns + "-gone", "--conf", conf}, exitCannot, []string{`-gone: no such file or directory`}},
+		{"no such netns", []string{"--netns", netns + "-gone", "--conf", conf}, exitCannot, []string{`netns \S+-gone does not exist`}},
 		{"bad config", []string{"--netns", netns, "--conf", write("bad.json", `{"type":"netready","probe":[]}`)}, exitUsage,
 			[]string{`"probe": unknown field`}},
 	}
@@ -80,7 +72,5 @@ func TestCLICheck(t *testing.T) {
 
 func run(t *testing.T, args ...string) {
 	t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
+	testns.Run(t, args[0], args[1:]...)
 }

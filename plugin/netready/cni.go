@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"os/signal"
 	"syscall"
 	"time"
@@ -21,8 +20,8 @@ import (
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
 	"github.com/netready/netready/pkg/podcheck"
+	"github.com/netready/netready/pkg/podns"
 	"github.com/netready/netready/pkg/podwatch"
-	"github.com/netready/netready/pkg/probe"
 )
 
 // checkBudget caps CHECK: the runtime asks whether the network still works,
@@ -34,25 +33,18 @@ type plugin struct {
 	stderr io.Writer // where the log goes when the config names no logFile
 }
 
-// add gates the pod: parse, resolve the pod's spec, wait, pass the result on.
+// add gates the pod: parse and resolve the pod's spec, wait, pass the result on.
 func (p *plugin) add(args *skel.CmdArgs) error {
 	rec := p.newRecord("ADD", args)
 	defer rec.write()
-	conf, prev, err := parse(args.StdinData)
-	if err != nil {
-		return rec.fail(err)
-	}
-	rec.logFile = conf.LogFile
-	pod, spec, err := resolve(rec, conf, args.Args)
+	conf, prev, pod, spec, err := prepare(rec, args)
 	if err != nil {
 		return rec.fail(err)
 	}
 	if !spec.Skipped {
-		if err := p.gate(rec, args, spec, prev, spec.Timeout, conf.PodWatch, pod); err != nil {
+		if err := p.gate(rec, args, conf.Name, spec, prev, spec.Timeout, conf.PodWatch, pod); err != nil {
 			return rec.fail(err)
 		}
-	} else {
-		rec.outcome, rec.reason = logrec.Skipped, spec.SkipReason
 	}
 	// The answer is the previous plugin's result, untouched, in the
 	// list's version.
@@ -63,21 +55,12 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 func (p *plugin) check(args *skel.CmdArgs) error {
 	rec := p.newRecord("CHECK", args)
 	defer rec.write()
-	conf, prev, err := parse(args.StdinData)
-	if err != nil {
+	conf, prev, _, spec, err := prepare(rec, args)
+	if err != nil || spec.Skipped {
 		return rec.fail(err)
-	}
-	rec.logFile = conf.LogFile
-	_, spec, err := resolve(rec, conf, args.Args)
-	if err != nil {
-		return rec.fail(err)
-	}
-	if spec.Skipped {
-		rec.outcome, rec.reason = logrec.Skipped, spec.SkipReason
-		return nil
 	}
 	// No podWatch: CHECK's budget is shorter than the watch's start.
-	return rec.fail(p.gate(rec, args, spec, prev, min(spec.Timeout, checkBudget), nil, config.Pod{}))
+	return rec.fail(p.gate(rec, args, conf.Name, spec, prev, min(spec.Timeout, checkBudget), nil, config.Pod{}))
 }
 
 // del always succeeds: netready created nothing, so there is nothing to
@@ -110,16 +93,26 @@ func (p *plugin) gc(args *skel.CmdArgs) error {
 	return nil
 }
 
-// resolve works out the pod's spec from CNI_ARGS and its annotations.
-func resolve(rec *record, conf *config.Conf, cniArgs string) (config.Pod, config.Spec, error) {
-	pod, err := conf.Pod(cniArgs)
+// prepare reads what ADD and CHECK gate on: the plugin object and the
+// previous plugin's result (parse), then the pod from CNI_ARGS and its spec
+// from the config and the pod's annotations. A skipped pod's record says so.
+func prepare(rec *record, args *skel.CmdArgs) (*config.Conf, *current.Result, config.Pod, config.Spec, error) {
+	conf, prev, err := parse(args.StdinData)
 	if err != nil {
-		return pod, config.Spec{}, err
+		return nil, nil, config.Pod{}, config.Spec{}, err
+	}
+	rec.logFile = conf.LogFile
+	pod, err := conf.Pod(args.Args)
+	if err != nil {
+		return nil, nil, pod, config.Spec{}, err
 	}
 	rec.setPod(pod)
 	spec, err := conf.Resolve(pod)
 	rec.spec = &spec
-	return pod, spec, err
+	if err == nil && spec.Skipped {
+		rec.outcome, rec.reason = logrec.Skipped, spec.SkipReason
+	}
+	return conf, prev, pod, spec, err
 }
 
 // parse reads the plugin object and the previous plugin's result.
@@ -133,23 +126,23 @@ func parse(stdin []byte) (*config.Conf, *current.Result, error) {
 			"netready must be chained after the plugin that creates the pod's interface: no prevResult in its config; put it last in the plugins list", "")
 	}
 	if err := cniversion.ParsePrevResult(&conf.NetConf); err != nil {
-		return nil, nil, types.NewError(types.ErrDecodingFailure, "prevResult: "+err.Error(), "")
+		return nil, nil, prevResultError(conf.Name, types.NewError(types.ErrDecodingFailure, err.Error(), ""))
 	}
 	prev, err := current.NewResultFromResult(conf.PrevResult)
 	if err != nil {
-		return nil, nil, types.NewError(types.ErrDecodingFailure, "prevResult: "+err.Error(), "")
+		return nil, nil, prevResultError(conf.Name, types.NewError(types.ErrDecodingFailure, err.Error(), ""))
 	}
 	return conf, prev, nil
 }
 
 // gate waits until the pod's network works or budget (counted from the
 // plugin's start) runs out, or, with podWatch, until the API server says
-// the pod (k8sPod) is gone.
-func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *current.Result, budget time.Duration,
+// the pod (k8sPod) is gone. network is the conflist's name, for messages.
+func (p *plugin) gate(rec *record, args *skel.CmdArgs, network string, spec config.Spec, prev *current.Result, budget time.Duration,
 	pw *config.PodWatch, k8sPod config.Pod) error {
-	pod, err := podFromResult(args, prev)
+	pod, err := podcheck.PodFromResult(args.Netns, args.IfName, prev)
 	if err != nil {
-		return err
+		return prevResultError(network, err)
 	}
 	// Gating the plugin's own netns would probe from the node itself.
 	if own, cerr := cnins.CheckNetNS(args.Netns); cerr != nil {
@@ -173,7 +166,7 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *c
 		report.Notes = append(report.Notes, note)
 	}
 	switch {
-	case probe.IsBadNetNS(err):
+	case podns.IsBadNetNS(err):
 		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS: "+err.Error(), "")
 	case err != nil:
 		// Netlink, sockets, watchers: trouble on this node, not a bad
@@ -209,56 +202,9 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, spec config.Spec, prev *c
 		return nil
 	}
 	rec.outcome = logrec.Timeout
-	return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod network not ready after %v: %s", waited, report.Summary()), details(report, p.start))
-}
-
-// podFromResult takes the sandbox interfaces, their addresses and gateways
-// from prevResult.
-func podFromResult(args *skel.CmdArgs, prev *current.Result) (podcheck.Pod, error) {
-	pod := podcheck.Pod{NetNS: args.Netns}
-	index := map[int]int{} // prevResult interface index -> pod.Links index
-	for i, iface := range prev.Interfaces {
-		if iface != nil && iface.Sandbox != "" {
-			index[i] = len(pod.Links)
-			pod.Links = append(pod.Links, podcheck.Link{Name: iface.Name})
-		}
-	}
-	for i, ip := range prev.IPs {
-		if ip == nil {
-			continue
-		}
-		addr, ok := netip.AddrFromSlice(ip.Address.IP)
-		if !ok {
-			return pod, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: ips[%d] has no address", i), "")
-		}
-		addr = addr.Unmap()
-		link := -1
-		switch {
-		case ip.Interface != nil && (*ip.Interface < 0 || *ip.Interface >= len(prev.Interfaces)):
-			return pod, types.NewError(types.ErrInvalidNetworkConfig,
-				fmt.Sprintf("prevResult: ips[%d].interface is %d, but there are %d interfaces", i, *ip.Interface, len(prev.Interfaces)), "")
-		case ip.Interface != nil:
-			if l, ok := index[*ip.Interface]; ok {
-				link = l
-			}
-		default:
-			// Old results carry no interface index: the address is on
-			// the interface the runtime asked for.
-			for l, lk := range pod.Links {
-				if lk.Name == args.IfName {
-					link = l
-				}
-			}
-		}
-		if link < 0 {
-			continue // an address on a host-side interface is not the pod's
-		}
-		pod.Links[link].Addrs = append(pod.Links[link].Addrs, addr)
-		if gw, ok := netip.AddrFromSlice(ip.Gateway); ok {
-			pod.Gateways = append(pod.Gateways, gw.Unmap())
-		}
-	}
-	return pod, nil
+	return types.NewError(types.ErrTryAgainLater,
+		fmt.Sprintf("pod network not ready after %v: %s; %s", waited, report.Summary(), reproduce(args.Netns, network, rec.pod)),
+		details(report, p.start))
 }
 
 // details is the report as JSON, for the error's details field.

@@ -44,26 +44,44 @@ func (f *nodeFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print every change, make none")
 }
 
-func (f *nodeFlags) check(stderr io.Writer, cmd string) bool {
+// parse parses args into fs, which holds f's flags, and checks f: exitReady,
+// or the code to exit with.
+func (f *nodeFlags) parse(fs *flag.FlagSet, args []string, stderr io.Writer, cmd string) int {
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "netready %s: unexpected argument %q; see netready help\n", cmd, fs.Arg(0))
+		return exitUsage
+	}
+	return f.check(stderr, cmd)
+}
+
+// check returns exitUsage for flags that cannot go together or name no
+// absolute path, exitFailed for a --root that is not a directory on this
+// machine (the command line is fine, the machine is not as it says), and
+// exitReady when the flags hold.
+func (f *nodeFlags) check(stderr io.Writer, cmd string) int {
 	for _, p := range []struct{ name, v string }{{"--bin-dir", f.binDir}, {"--data-dir", f.dataDir}} {
 		if p.v != "" && !filepath.IsAbs(p.v) {
 			fmt.Fprintf(stderr, "netready %s: %s wants an absolute path as the node sees it, got %q\n", cmd, p.name, p.v)
-			return false
+			return exitUsage
 		}
 	}
-	if f.root != "" {
-		abs, err := filepath.Abs(f.root)
-		if err != nil || !isDirectory(abs) {
-			fmt.Fprintf(stderr, "netready %s: --root %s is not a directory\n", cmd, f.root)
-			return false
-		}
-		f.root = abs
-		if f.restart {
-			fmt.Fprintf(stderr, "netready %s: --restart acts on this machine's K3s and cannot be combined with --root\n", cmd)
-			return false
-		}
+	if f.root == "" {
+		return exitReady
 	}
-	return true
+	if f.restart {
+		fmt.Fprintf(stderr, "netready %s: --restart acts on this machine's K3s and cannot be combined with --root\n", cmd)
+		return exitUsage
+	}
+	abs, err := filepath.Abs(f.root)
+	if err != nil || !isDirectory(abs) {
+		fmt.Fprintf(stderr, "netready %s: --root %s is not a directory; create it or name the node's root\n", cmd, f.root)
+		return exitFailed
+	}
+	f.root = abs
+	return exitReady
 }
 
 func isDirectory(p string) bool {
@@ -93,15 +111,8 @@ func cliInstall(args []string, stdout, stderr io.Writer) int {
 	mode := fs.String("mode", string(install.ModeOwned), "owned or flannel-cni-conf")
 	binary := fs.String("binary", "", "the netready binary to install (default: this one)")
 	noPodWatch := fs.Bool("no-pod-watch", false, "never ask the API server whether a waiting pod was deleted (default: ask, with the kubelet's credentials from <data-dir>/agent)")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "netready install: unexpected argument %q; see netready help\n", fs.Arg(0))
-		return exitUsage
-	}
-	if !nf.check(stderr, "install") {
-		return exitUsage
+	if code := nf.parse(fs, args, stderr, "install"); code != exitReady {
+		return code
 	}
 	m := install.Mode(*mode)
 	if m != install.ModeOwned && m != install.ModeFlannelCNIConf {
@@ -279,15 +290,8 @@ func cliUninstall(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var nf nodeFlags
 	nf.register(fs)
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "netready uninstall: unexpected argument %q; see netready help\n", fs.Arg(0))
-		return exitUsage
-	}
-	if !nf.check(stderr, "uninstall") {
-		return exitUsage
+	if code := nf.parse(fs, args, stderr, "uninstall"); code != exitReady {
+		return code
 	}
 	if !needRoot(nf, stderr, "uninstall") {
 		return exitFailed

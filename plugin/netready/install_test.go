@@ -11,11 +11,7 @@ import (
 	"github.com/netready/netready/pkg/install"
 )
 
-const testK3sChain = `{"name":"cbr0","cniVersion":"1.0.0","plugins":[
- {"type":"flannel","delegate":{"hairpinMode":true,"forceAddress":true,"isDefaultGateway":true}},
- {"type":"portmap","capabilities":{"portMappings":true}},
- {"type":"bandwidth","capabilities":{"bandwidth":true}}]}
-`
+var testK3sChain = string(install.K3sChain)
 
 const (
 	tConfDir = "/var/lib/rancher/k3s/agent/etc/cni/net.d"

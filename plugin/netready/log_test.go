@@ -4,13 +4,15 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/netready/netready/internal/logrec"
+
+	"github.com/netready/netready/internal/testbin"
+	"github.com/netready/netready/internal/testns"
 )
 
 // TestLogLines runs the built binary as a runtime would and reads the log it leaves: every
@@ -18,10 +20,10 @@ import (
 // when the config names a logFile at all), DEL one line, STATUS and GC a line only when they
 // fail, and when logFile is unusable the line goes to stderr with one line saying why.
 func TestLogLines(t *testing.T) {
-	bin := buildNetready(t)
+	bin := testbin.Netready(t)
 	var runner string // as root, rows run in a netns of their own, never in the root netns
 	if os.Geteuid() == 0 {
-		runner = addNetns(t, fmt.Sprintf("nr-%d-loglines", os.Getpid()))
+		_, runner = testns.New(t, "loglines")
 	}
 	dir := t.TempDir()
 	noNetns := filepath.Join(dir, "no-such-netns")
@@ -101,23 +103,23 @@ func TestLogLines(t *testing.T) {
 			for k, v := range tc.env {
 				env[k] = v
 			}
-			r := runPlugin(t, bin, runner, env, tc.stdin(logFile))
-			if r.err != nil {
-				t.Fatal(r.err)
+			r, err := testbin.Run(t.Context(), testbin.Call{Binary: bin, Env: env, Stdin: tc.stdin(logFile), NetNS: runner})
+			if err != nil {
+				t.Fatal(err)
 			}
-			if bytes.Contains(r.stderr, []byte("panic")) || bytes.Contains(r.stderr, []byte("goroutine ")) {
-				t.Fatalf("stderr holds a panic: %s", r.stderr)
+			if bytes.Contains(r.Stderr, []byte("panic")) || bytes.Contains(r.Stderr, []byte("goroutine ")) {
+				t.Fatalf("stderr holds a panic: %s", r.Stderr)
 			}
 			var cniErr struct {
 				Code uint   `json:"code"`
 				Msg  string `json:"msg"`
 			}
 			if tc.code == 0 {
-				if r.exit != 0 {
-					t.Fatalf("exit %d, stdout %s; want success", r.exit, r.stdout)
+				if r.Exit != 0 {
+					t.Fatalf("exit %d, stdout %s; want success", r.Exit, r.Stdout)
 				}
-			} else if r.exit == 0 || json.Unmarshal(r.stdout, &cniErr) != nil || (tc.code != 0xff && cniErr.Code != tc.code) {
-				t.Fatalf("exit %d, stdout %s; want a CNI error with code %d", r.exit, r.stdout, tc.code)
+			} else if r.Exit == 0 || json.Unmarshal(r.Stdout, &cniErr) != nil || (tc.code != 0xff && cniErr.Code != tc.code) {
+				t.Fatalf("exit %d, stdout %s; want a CNI error with code %d", r.Exit, r.Stdout, tc.code)
 			}
 
 			recs, err := logrec.ReadFile(logFile)
@@ -129,17 +131,17 @@ func TestLogLines(t *testing.T) {
 			}
 			if tc.stderr {
 				// The record, then possibly one WARN line saying why the file was not used.
-				lines := strings.Split(strings.TrimSpace(string(r.stderr)), "\n")
+				lines := strings.Split(strings.TrimSpace(string(r.Stderr)), "\n")
 				rec, err := logrec.Parse([]byte(lines[0]))
 				if err != nil {
-					t.Fatalf("stderr's first line is no record: %v: %s", err, r.stderr)
+					t.Fatalf("stderr's first line is no record: %v: %s", err, r.Stderr)
 				}
 				recs = []logrec.Record{rec}
 				if len(lines) > 2 || (len(lines) == 2 && !strings.Contains(lines[1], `"level":"WARN"`)) {
-					t.Errorf("stderr has more than the record and one warning: %s", r.stderr)
+					t.Errorf("stderr has more than the record and one warning: %s", r.Stderr)
 				}
-			} else if len(r.stderr) != 0 {
-				t.Errorf("stderr: %s; want nothing (the log went to the file)", r.stderr)
+			} else if len(r.Stderr) != 0 {
+				t.Errorf("stderr: %s; want nothing (the log went to the file)", r.Stderr)
 			}
 			if len(recs) == 0 {
 				return
