@@ -97,6 +97,7 @@ func stripComments(d string) string {
 
 var (
 	validatorOnce sync.Once
+	schemaDir     string // the validator's schemas, removed by TestMain
 	kcValidator   validator.Validator
 	validatorErr  error
 )
@@ -149,7 +150,8 @@ func newSchemaValidator() (validator.Validator, error) {
 		return nil, err
 	}
 	// The schemas are read when the validator first meets a kind, so the dir lives as long as
-	// the test binary; it is small and under the temp dir.
+	// the test binary: TestMain removes it.
+	schemaDir = dir
 	for file, def := range map[string]string{
 		"namespace-v1.json":      "io.k8s.api.core.v1.Namespace",
 		"configmap-v1.json":      "io.k8s.api.core.v1.ConfigMap",
@@ -561,3 +563,11 @@ const manifestHeader = `# netready on every node of a K3s cluster: kubectl apply
 # kubelet-kubeconfig volume and --k3s-data-dir (K3s's podWatch), or use the chart with
 # --set cni.paths=standard.
 `
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if schemaDir != "" {
+		os.RemoveAll(schemaDir)
+	}
+	os.Exit(code)
+}
