@@ -216,7 +216,13 @@ func (n *Node) start() error {
 	}
 	defer logf.Close()
 	cmd := exec.Command("nsenter", append([]string{"--net=" + n.Bed.Node.Path, k3s}, n.serverArgs()...)...)
-	cmd.Env = append(os.Environ(), "PATH="+n.CNIBinDir()+":"+n.binDir()+":"+os.Getenv("PATH"))
+	// containerd passes its environment on to CNI plugins: netready's coordination files go
+	// into the run's dir, not the host's /run/netready.
+	runDir := filepath.Join(n.Dir, "netready-run")
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return err
+	}
+	cmd.Env = append(os.Environ(), "PATH="+n.CNIBinDir()+":"+n.binDir()+":"+os.Getenv("PATH"), "NETREADY_RUN_DIR="+runDir)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	n.started = time.Now()
 	if err := cmd.Start(); err != nil {

@@ -48,6 +48,9 @@ func Netready(t testing.TB) string {
 	return bin
 }
 
+// runDirEnv is podcheck.RunDirEnv, written out so that this helper does not link the product.
+const runDirEnv = "NETREADY_RUN_DIR"
+
 // Call is one run of a plugin binary as a runtime makes it.
 type Call struct {
 	Binary string
@@ -81,6 +84,11 @@ func Run(ctx context.Context, c Call) (Result, error) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, c.Binary)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	// The test's coordination dir (testbed.Main sets it), as a runtime passes its own environment
+	// on: netready's files then go with the test's, not into the host's /run/netready.
+	if dir := os.Getenv(runDirEnv); dir != "" {
+		cmd.Env = append(cmd.Env, runDirEnv+"="+dir)
+	}
 	for k, v := range c.Env {
 		if v != "" {
 			cmd.Env = append(cmd.Env, k+"="+v)
