@@ -35,13 +35,7 @@ func TestInstall(t *testing.T) {
 	}
 	runPod := func(name string) {
 		t.Helper()
-		p := PodSpec{Namespace: ns, Name: name}
-		if err := n.Apply(ctx, p); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := n.WaitPhase(ctx, p.Namespace, p.Name, 2*time.Minute, "Succeeded"); err != nil {
-			t.Fatal(err)
-		}
+		runToSuccess(t, n, PodSpec{Namespace: ns, Name: name})
 	}
 	before := cniFootprint(t, n)
 
@@ -281,13 +275,7 @@ func TestDaemonSet(t *testing.T) {
 
 	runPod := func(name string) {
 		t.Helper()
-		p := PodSpec{Namespace: ns, Name: name}
-		if err := n.Apply(ctx, p); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := n.WaitPhase(ctx, p.Namespace, p.Name, 2*time.Minute, "Succeeded"); err != nil {
-			t.Fatal(err)
-		}
+		runToSuccess(t, n, PodSpec{Namespace: ns, Name: name})
 	}
 	gated := func(name string) {
 		t.Helper()
@@ -392,5 +380,16 @@ func fleetMetrics(t *testing.T, n *Node, logFile string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s does not count the %d ready ADDs of %s within 10 s:\n%.3000s", url, want, logFile, body)
 		}
+	}
+}
+
+// runToSuccess applies p and waits (2 min) until it has Succeeded.
+func runToSuccess(t *testing.T, n *Node, p PodSpec) {
+	t.Helper()
+	if err := n.Apply(t.Context(), p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.WaitPhase(t.Context(), p.Namespace, p.Name, 2*time.Minute, "Succeeded"); err != nil {
+		t.Fatal(err)
 	}
 }

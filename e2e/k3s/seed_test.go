@@ -71,25 +71,7 @@ type seedOpening struct {
 func TestSeed(t *testing.T) {
 	n := need(t)
 	ctx := t.Context()
-	count := 20
-	if testing.Short() {
-		count = 4
-	}
-	if s := os.Getenv(seedNEnv); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 1 {
-			t.Fatalf("%s=%q: want a positive number of pods", seedNEnv, s)
-		}
-		count = v
-	}
-	inFlight := 4
-	if s := os.Getenv(seedInFlightEnv); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 1 {
-			t.Fatalf("%s=%q: want a positive number of pods", seedInFlightEnv, s)
-		}
-		inFlight = v
-	}
+	count, inFlight := seedSizes(t)
 	offsets := make([]time.Duration, count)
 	for i := range offsets {
 		offsets[i] = time.Duration((float64(i) + rand.Float64()) / float64(count) * float64(seedWindow))
@@ -325,4 +307,27 @@ func runSeedPod(ctx context.Context, n *Node, way seedWay, ns, name string, open
 		ConnectAfterOpenMS: round1(float64(app.ConnectedNS-rec.openedAt.UnixNano()) / 1e6),
 		AppAttempts:        app.Attempts,
 	}, nil
+}
+
+// seedSizes is how many pods each way of a seed scenario runs (20, 4 with -short, or
+// $E2E_K3S_SEED_N) and how many of them at once (4, or $E2E_K3S_SEED_INFLIGHT).
+func seedSizes(t *testing.T) (count, inFlight int) {
+	t.Helper()
+	count, inFlight = 20, 4
+	if testing.Short() {
+		count = 4
+	}
+	for _, e := range []struct {
+		name string
+		v    *int
+	}{{seedNEnv, &count}, {seedInFlightEnv, &inFlight}} {
+		if s := os.Getenv(e.name); s != "" {
+			v, err := strconv.Atoi(s)
+			if err != nil || v < 1 {
+				t.Fatalf("%s=%q: want a positive number of pods", e.name, s)
+			}
+			*e.v = v
+		}
+	}
+	return count, inFlight
 }

@@ -1,8 +1,6 @@
 package k3s
 
 import (
-	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,25 +23,7 @@ import (
 // TestSeed, where the path opens independently of the ADD).
 func TestSeedFirewalld(t *testing.T) {
 	n := need(t)
-	count := 20
-	if testing.Short() {
-		count = 4
-	}
-	if s := os.Getenv(seedNEnv); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 1 {
-			t.Fatalf("%s=%q: want a positive number of pods", seedNEnv, s)
-		}
-		count = v
-	}
-	inFlight := 4
-	if s := os.Getenv(seedInFlightEnv); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 1 {
-			t.Fatalf("%s=%q: want a positive number of pods", seedInFlightEnv, s)
-		}
-		inFlight = v
-	}
+	count, inFlight := seedSizes(t)
 	began := time.Now()
 	chain := firewalldIptablesFirst(t, n)
 	t.Logf("K3s restarted on top of firewalld's rules in %.1f s; FORWARD:\n%s", time.Since(began).Seconds(), strings.Join(chain, "\n"))
