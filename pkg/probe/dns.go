@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"strings"
+	"syscall"
 
 	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
@@ -20,6 +21,7 @@ type dnsProber struct {
 	socks Sockets
 	dst   netip.AddrPort
 	q     dnsmessage.Question
+	re    recvErr
 }
 
 // newDNS takes p as config.ParseProbe made it: the name and the query type
@@ -60,6 +62,9 @@ func (p *dnsProber) Attempt(ctx context.Context) error {
 	// A connected UDP socket reports an ICMP port unreachable as
 	// ECONNREFUSED on the next read, and reads only what dst sends.
 	if cerr := rc.Control(func(fd uintptr) {
+		if err = p.re.set(int(fd), p.dst.Addr().Is6()); err != nil {
+			return
+		}
 		var sa unix.Sockaddr
 		if sa, err = sockaddr(int(fd), p.dst); err == nil {
 			err = unix.Connect(int(fd), sa)
@@ -77,6 +82,10 @@ func (p *dnsProber) Attempt(ctx context.Context) error {
 	for {
 		n, _, err := recvfrom(rc, buf)
 		if err != nil {
+			p.re.arm(err)
+			if errno, ok := err.(syscall.Errno); ok && p.re.on.Load() {
+				rc.Control(func(fd uintptr) { err = icmpCause(int(fd), unix.IPPROTO_UDP, p.dst.Addr(), errno) })
+			}
 			return noAnswer("DNS: no response", ioErr(ctx, err))
 		}
 		if done, err := dnsAnswer(buf[:n], id, p.q); done {

@@ -25,6 +25,7 @@ type httpProber struct {
 	tls      *tls.Config // nil for plain http
 	req      []byte      // the request, written once by http.Request.Write
 	min, max int
+	recvErr  recvErr
 }
 
 // newHTTP takes p as config.ParseProbe made it: Host, Path and the status
@@ -59,7 +60,7 @@ func newHTTP(p config.Probe, s Sockets) (*httpProber, error) {
 }
 
 func (p *httpProber) Attempt(ctx context.Context) error {
-	f, err := dialTCP(ctx, p.socks, p.dst)
+	f, err := dialTCP(ctx, p.socks, p.dst, &p.recvErr)
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package probe
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -136,8 +135,9 @@ func echoAnswer(v6 bool, b []byte, from, dst netip.Addr, id, seq uint16) (done b
 	if !quotesEcho(v6, quoted, dst, id, seq) {
 		return false, nil
 	}
-	what, errno := icmpError(v6, m.Type, m.Code)
-	return true, &terseError{fmt.Sprintf("%s (ICMP from %s)", what, from), errno}
+	typ, errno := icmpType(m.Type), icmpErrno(v6, m.Type, m.Code)
+	return true, &ICMPError{From: from.WithZone(""), V6: v6, Type: typ, Code: m.Code,
+		Reject: isReject(v6, typ, m.Code, proto, from, dst), Errno: errno}
 }
 
 // The IANA protocol numbers icmp.ParseMessage takes.
@@ -185,43 +185,43 @@ func addrIs(ip net.IP, dst netip.Addr) bool {
 	return ok && a.Unmap() == dst.WithZone("").Unmap()
 }
 
-// icmpError names an ICMP error and picks the errno the kernel would report
-// for it on a connected socket; "" for a type that is not an error.
-func icmpError(v6 bool, typ icmp.Type, code int) (string, syscall.Errno) {
+// icmpType is the number of an ICMP type as icmp.ParseMessage gave it.
+func icmpType(t icmp.Type) int {
+	switch t := t.(type) {
+	case ipv4.ICMPType:
+		return int(t)
+	case ipv6.ICMPType:
+		return int(t)
+	}
+	return -1
+}
+
+// icmpErrno picks the errno the kernel would report for an ICMP error on a
+// connected socket.
+func icmpErrno(v6 bool, typ icmp.Type, code int) syscall.Errno {
 	if v6 {
 		switch typ {
 		case ipv6.ICMPTypeDestinationUnreachable:
 			switch code {
 			case 0:
-				return "no route to destination", syscall.ENETUNREACH
-			case 1:
-				return "administratively prohibited", syscall.EACCES
-			case 3:
-				return "address unreachable", syscall.EHOSTUNREACH
-			case 5:
-				return "source address failed policy", syscall.EACCES
-			case 6:
-				return "reject route to destination", syscall.EACCES
+				return syscall.ENETUNREACH
+			case 1, 5, 6:
+				return syscall.EACCES
+			case 4:
+				return syscall.ECONNREFUSED
 			}
-			return fmt.Sprintf("destination unreachable (code %d)", code), syscall.EHOSTUNREACH
-		case ipv6.ICMPTypeTimeExceeded:
-			return "hop limit exceeded", syscall.EHOSTUNREACH
 		}
-		return "", 0
+		return syscall.EHOSTUNREACH
 	}
-	switch typ {
-	case ipv4.ICMPTypeDestinationUnreachable:
+	if typ == ipv4.ICMPTypeDestinationUnreachable {
 		switch code {
 		case 0:
-			return "network unreachable", syscall.ENETUNREACH
-		case 1:
-			return "host unreachable", syscall.EHOSTUNREACH
+			return syscall.ENETUNREACH
+		case 3:
+			return syscall.ECONNREFUSED
 		case 9, 10, 13:
-			return "administratively prohibited", syscall.EACCES
+			return syscall.EACCES
 		}
-		return fmt.Sprintf("destination unreachable (code %d)", code), syscall.EHOSTUNREACH
-	case ipv4.ICMPTypeTimeExceeded:
-		return "TTL exceeded", syscall.EHOSTUNREACH
 	}
-	return "", 0
+	return syscall.EHOSTUNREACH
 }

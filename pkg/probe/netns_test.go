@@ -2,10 +2,13 @@ package probe
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -179,7 +182,7 @@ func TestNetNS(t *testing.T) {
 			check{name: f.name + " icmp local prohibit route", probe: icmpProbe(f.localDeny), wantErr: "administratively prohibited (permission denied)", is: syscall.EACCES, fast: true},
 			check{name: f.name + " icmp local unreachable route", probe: icmpProbe(f.unreach), wantErr: "no route to host", is: syscall.EHOSTUNREACH, fast: true},
 			check{name: f.name + " icmp no route", probe: icmpProbe(f.noRoute), wantErr: "network is unreachable", is: syscall.ENETUNREACH, fast: true},
-			check{name: f.name + " icmp prohibited by router", probe: icmpProbe(f.remoteDeny), wantErr: "administratively prohibited (ICMP from " + f.peer.String() + ")", is: syscall.EACCES, fast: true},
+			check{name: f.name + " icmp prohibited by router", probe: icmpProbe(f.remoteDeny), wantErr: "rejected by " + f.peer.String() + " (ICMP communication", is: syscall.EACCES, fast: true},
 			check{name: f.name + " tcp ok", probe: tcpProbe(ap(f.peer, srv.web), false)},
 			check{name: f.name + " tcp refused", probe: tcpProbe(ap(f.peer, srv.closed), false), wantErr: "connection refused", is: syscall.ECONNREFUSED, fast: true},
 			check{name: f.name + " tcp refused ok", probe: tcpProbe(ap(f.peer, srv.closed), true)},
@@ -237,4 +240,121 @@ func TestICMPLoopback(t *testing.T) {
 			attemptConcurrently(t, icmpProbe(f.lo), localSockets{}, 8, 8)
 		})
 	}
+}
+
+// TestNetNSRejects shows that the probes tell a firewall's reject apart
+// from other failures: the peer forwards 10.231.6.0/24 and fd31:231:6::/64
+// to a veth of its own, and an nft forward chain there rejects .1 with
+// host-prohibited (firewalld's iptables backend), .2 with nft's default
+// (port unreachable) and .3 with icmpx admin-prohibited (firewalld's
+// nftables backend). The first attempt of a prober learns that ICMP errors
+// come back; from the next on, each names its sender and type.
+func TestNetNSRejects(t *testing.T) {
+	needRoot(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft: ", err)
+	}
+	podPath, peerPath := topology(t)
+	pod, peer := filepath.Base(podPath), filepath.Base(peerPath)
+	for _, c := range [][]string{
+		{"-n", peer, "link", "add", "d0", "type", "veth", "peer", "name", "d1"},
+		{"-n", peer, "link", "set", "d0", "up"},
+		{"-n", peer, "link", "set", "d1", "up"},
+		{"-n", peer, "route", "add", "10.231.6.0/24", "dev", "d0"},
+		{"-n", peer, "-6", "route", "add", "fd31:231:6::/64", "dev", "d0"},
+		{"-n", pod, "route", "add", "10.231.6.0/24", "via", peer4.String()},
+		{"-n", pod, "-6", "route", "add", "fd31:231:6::/64", "via", peer6.String()},
+		// The kernel sends a host at most one ICMP error a second (after a
+		// burst of 6): a probe then sees most attempts time out, which the
+		// gate's own tests show. Here each attempt should get its error.
+		{"netns", "exec", peer, "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0"},
+	} {
+		ipCmd(t, c...)
+	}
+	nftRules := `table inet nr_reject {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ip daddr 10.231.6.1 reject with icmp type host-prohibited
+		ip daddr 10.231.6.2 reject
+		ip daddr 10.231.6.3 reject with icmpx type admin-prohibited
+		ip6 daddr fd31:231:6::1 reject with icmpv6 type admin-prohibited
+		ip6 daddr fd31:231:6::2 reject
+		ip6 daddr fd31:231:6::3 reject with icmpx type admin-prohibited
+	}
+}
+`
+	if _, err := testns.CommandInput(context.Background(), nftRules, "ip", "netns", "exec", peer, "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	n := openNetNS(t, podPath)
+	waitUp(t, n, peer4, peer6)
+
+	ap := netip.AddrPortFrom
+	for _, f := range []struct {
+		name      string
+		peer      netip.Addr
+		net       string
+		hostProhi string // what .1 says
+		adminProh string // what .3 says
+	}{
+		{"v4", peer4, "10.231.6.", "host administratively prohibited", "communication administratively prohibited"},
+		{"v6", peer6, "fd31:231:6::", "communication with destination administratively prohibited", "communication with destination administratively prohibited"},
+	} {
+		a := func(i int) netip.Addr { return netip.MustParseAddr(fmt.Sprintf("%s%d", f.net, i)) }
+		for _, c := range []struct {
+			name string
+			pr   config.Probe
+			want string
+		}{
+			{"tcp host-prohibited", tcpProbe(ap(a(1), 5432), false), "rejected by " + f.peer.String() + " (ICMP " + f.hostProhi + ")"},
+			{"tcp default reject", tcpProbe(ap(a(2), 5432), false), "rejected by " + f.peer.String() + " (ICMP port unreachable)"},
+			{"tcp admin-prohibited", tcpProbe(ap(a(3), 5432), false), "rejected by " + f.peer.String() + " (ICMP " + f.adminProh + ")"},
+			{"http host-prohibited", httpProbe(config.HTTP, ap(a(1), 80), "/", 200, 399), "rejected by " + f.peer.String() + " (ICMP " + f.hostProhi + ")"},
+			{"dns admin-prohibited", dnsProbe(ap(a(3), 53), "ok.test.", "A"), "rejected by " + f.peer.String() + " (ICMP " + f.adminProh + ")"},
+			{"dns default reject", dnsProbe(ap(a(2), 53), "ok.test.", "A"), "rejected by " + f.peer.String() + " (ICMP port unreachable)"},
+			{"icmp host-prohibited", icmpProbe(a(1)), "rejected by " + f.peer.String() + " (ICMP " + f.hostProhi + ")"},
+			{"icmp default reject", icmpProbe(a(2)), "rejected by " + f.peer.String() + " (ICMP port unreachable)"},
+		} {
+			t.Run(f.name+" "+c.name, func(t *testing.T) {
+				p, err := New(c.pr, n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var last error
+				for i := range 3 {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+					start := time.Now()
+					last = p.Attempt(ctx)
+					cancel()
+					t.Logf("attempt %d: %v after %v", i, last, time.Since(start).Round(time.Microsecond))
+					if last == nil {
+						t.Fatal("Attempt succeeded through the reject")
+					}
+				}
+				var ie *ICMPError
+				if !errors.As(last, &ie) || !ie.Reject || ie.From != f.peer || last.Error() != c.want {
+					t.Fatalf("third attempt: %v (%T), want %q as an *ICMPError with Reject", last, last, c.want)
+				}
+				if errors.Unwrap(last) == nil {
+					t.Errorf("%v unwraps to nothing, want its errno", last)
+				}
+			})
+		}
+	}
+
+	// The ready path stays as it was: no error queue on a prober that
+	// never failed, and a refused port is the target's own answer.
+	t.Run("closed port is not a reject", func(t *testing.T) {
+		srv := startPeer(t, peerPath)
+		for _, pr := range []config.Probe{tcpProbe(ap(peer4, srv.closed), false), dnsProbe(ap(peer4, srv.closed), "ok.test.", "A")} {
+			p, _ := New(pr, n)
+			for range 2 {
+				err := p.Attempt(context.Background())
+				var ie *ICMPError
+				if !errors.Is(err, syscall.ECONNREFUSED) || (errors.As(err, &ie) && ie.Reject) {
+					t.Errorf("%s: %v (%T), want connection refused, not a reject", pr, err, err)
+				}
+			}
+		}
+	})
 }

@@ -83,7 +83,10 @@ func (e *terseError) Unwrap() error { return e.err }
 // ioErr turns an error from a socket call into what an operator reads.
 func ioErr(ctx context.Context, err error) error {
 	var errno syscall.Errno
+	var icmpErr *ICMPError
 	switch {
+	case errors.As(err, &icmpErr):
+		return icmpErr // it says more than its errno
 	case errors.As(err, &errno):
 		return errnoErr(errno)
 	case ctx.Err() != nil:

@@ -15,10 +15,11 @@ type tcpProber struct {
 	socks     Sockets
 	dst       netip.AddrPort
 	refusedOK bool // a RST answers too: the host is up, the port shut
+	recvErr   recvErr
 }
 
 func (p *tcpProber) Attempt(ctx context.Context) error {
-	f, err := dialTCP(ctx, p.socks, p.dst)
+	f, err := dialTCP(ctx, p.socks, p.dst, &p.recvErr)
 	if err != nil {
 		if p.refusedOK && errors.Is(err, syscall.ECONNREFUSED) {
 			return nil
@@ -29,14 +30,16 @@ func (p *tcpProber) Attempt(ctx context.Context) error {
 	return nil
 }
 
-// dialTCP connects a fresh TCP socket, created through s, to dst.
-func dialTCP(ctx context.Context, s Sockets, dst netip.AddrPort) (*os.File, error) {
+// dialTCP connects a fresh TCP socket, created through s, to dst. re
+// learns from a failed connect, and names the ICMP error behind the next.
+func dialTCP(ctx context.Context, s Sockets, dst netip.AddrPort, re *recvErr) (*os.File, error) {
 	f, rc, err := open(s, dst.Addr(), unix.SOCK_STREAM, unix.IPPROTO_TCP)
 	if err != nil {
 		return nil, err
 	}
 	stop := tie(ctx, f)
-	err = connect(rc, dst)
+	err = connect(rc, dst, re)
+	re.arm(err)
 	if !stop() && err == nil {
 		err = ctxErr(ctx) // connected just as ctx ended: f is closed
 	}
@@ -49,7 +52,9 @@ func dialTCP(ctx context.Context, s Sockets, dst netip.AddrPort) (*os.File, erro
 
 // connect is a non-blocking connect(2) that waits for the handshake through
 // the poller.
-func connect(rc syscall.RawConn, dst netip.AddrPort) error {
+// A connect that an ICMP error refused returns an *ICMPError when re is
+// armed.
+func connect(rc syscall.RawConn, dst netip.AddrPort, re *recvErr) error {
 	var err error
 	if cerr := rc.Control(func(fd uintptr) {
 		// A zero linger makes close send a RST and free the socket at once:
@@ -57,6 +62,9 @@ func connect(rc syscall.RawConn, dst netip.AddrPort) error {
 		// in FIN_WAIT and TIME_WAIT in the pod netns.
 		err = unix.SetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 		if err != nil {
+			return
+		}
+		if err = re.set(int(fd), dst.Addr().Is6()); err != nil {
 			return
 		}
 		var sa unix.Sockaddr
@@ -89,6 +97,9 @@ func connect(rc syscall.RawConn, dst netip.AddrPort) error {
 			return perr == nil
 		default:
 			err = errno
+			if re.on.Load() {
+				err = icmpCause(int(fd), unix.IPPROTO_TCP, dst.Addr(), errno)
+			}
 			return true
 		}
 	}); werr != nil {
