@@ -181,6 +181,11 @@ type Status struct {
 	After    time.Duration // since the gate started, when it (last) became ready
 	Attempts int
 	LastErr  error // the last failure seen, nil if none
+	// LastCause is, when LastErr is a timeout (or an attempt closed to make
+	// room), the last failure before it that was not: the kernel sends a
+	// host at most one ICMP error a second, so a firewall's reject ends one
+	// attempt in many and the rest only time out; the reject says why.
+	LastCause error
 }
 
 // Report is the outcome of a gate run.
@@ -232,6 +237,9 @@ func (r *Report) Summary() string {
 		if c.LastErr != nil {
 			msg = c.LastErr.Error()
 		}
+		if c.LastCause != nil {
+			msg += ", earlier: " + c.LastCause.Error()
+		}
 		unit := "attempts"
 		if c.Kind == Local {
 			unit = "checks"
@@ -258,8 +266,9 @@ type probeState struct {
 	inflight []*attempt // oldest first
 	tokens   float64
 	refilled time.Time
-	peer     Peer // nil: probed alone
-	leads    bool // peer granted the lead: the full schedule
+	peer     Peer  // nil: probed alone
+	leads    bool  // peer granted the lead: the full schedule
+	cause    error // the last failure that was not a timeout (Status.LastCause)
 }
 
 type run struct {
@@ -566,11 +575,11 @@ func (r *run) finish(res result) error {
 		st.LastErr = res.err
 		return res.err
 	case a.dropped:
-		st.LastErr = ErrNoAnswer
+		st.LastErr, st.LastCause = ErrNoAnswer, p.cause
 	case errors.Is(res.err, context.DeadlineExceeded):
-		st.LastErr = fmt.Errorf("no answer within %v", r.opt.AttemptTimeout)
+		st.LastErr, st.LastCause = fmt.Errorf("no answer within %v", r.opt.AttemptTimeout), p.cause
 	default:
-		st.LastErr = res.err
+		st.LastErr, st.LastCause, p.cause = res.err, nil, res.err
 	}
 	return nil
 }

@@ -175,6 +175,48 @@ func TestAttemptTimeout(t *testing.T) {
 	})
 }
 
+// A firewall's reject reaches one attempt in many (the kernel rate-limits
+// ICMP errors); the others time out. The report keeps the reject.
+func TestLastCauseOutlivesTimeouts(t *testing.T) {
+	errRejected := errors.New("rejected by 10.42.0.1 (ICMP host administratively prohibited)")
+	for _, c := range []struct {
+		name      string
+		fn        func(ctx context.Context, n int) error
+		wantCause error
+		summary   string
+	}{
+		{"rejects then timeouts", func(ctx context.Context, n int) error {
+			if n%25 == 0 {
+				return errRejected
+			}
+			return hang(ctx)
+		}, errRejected, "tcp://198.51.100.10:5432: no answer within 50ms, earlier: rejected by 10.42.0.1 (ICMP host administratively prohibited) (32 attempts)"},
+		{"only timeouts", hangN, nil, "tcp://198.51.100.10:5432: no answer within 50ms (32 attempts)"},
+		{"the last attempt's own error", func(ctx context.Context, n int) error {
+			if n < 3 {
+				return errRejected
+			}
+			return errRefused
+		}, nil, "tcp://198.51.100.10:5432: connection refused (32 attempts)"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				rec := newRecorder(c.fn)
+				ctx, cancel := context.WithTimeout(t.Context(), 1200*time.Millisecond)
+				defer cancel()
+				rep := Run(ctx, []Condition{{Name: "tcp://198.51.100.10:5432", Kind: Active, Check: rec.check}},
+					Options{AttemptTimeout: 50 * time.Millisecond, MaxInFlight: 100})
+				if st := rep.Conditions[0]; st.LastCause != c.wantCause {
+					t.Errorf("LastCause = %v, want %v (LastErr %v)", st.LastCause, c.wantCause, st.LastErr)
+				}
+				if got := rep.Summary(); got != c.summary {
+					t.Errorf("Summary()=%q\nwant       %q", got, c.summary)
+				}
+			})
+		})
+	}
+}
+
 func TestNodeEventTriggersImmediateAttempt(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var open atomic.Bool
