@@ -78,6 +78,10 @@ type Condition struct {
 	AfterMS  float64 `json:"after_ms,omitempty"`
 	Attempts int     `json:"attempts"`
 	Error    string  `json:"error,omitempty"` // the last attempt's error, when not ready
+	// Cause is the last error that was not a timeout, when Error is one
+	// (gate.Status.LastCause): a firewall's reject, say, that the kernel's
+	// ICMP rate limit lets through once a second.
+	Cause string `json:"cause,omitempty"`
 }
 
 // Condition returns the record's condition of that name.

@@ -174,6 +174,9 @@ func cliCheck(args []string, stdout, stderr io.Writer) int {
 	}
 	printReport(stdout, report)
 	if !report.Ready() {
+		if hint := firewallHint(report, nodeLocal(pod.Gateways)); hint != "" {
+			fmt.Fprintln(stdout, hint)
+		}
 		return exitNotReady
 	}
 	return exitReady
@@ -374,6 +377,9 @@ func printReport(w io.Writer, r *gate.Report) {
 			ready, after = "yes", c.After.Round(10*time.Microsecond).String()
 		} else if c.LastErr != nil {
 			lastErr = c.LastErr.Error()
+			if c.LastCause != nil {
+				lastErr += ", earlier: " + c.LastCause.Error()
+			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", c.Name, ready, after, c.Attempts, lastErr)
 	}

@@ -197,13 +197,23 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, network string, spec conf
 		rec.outcome = logrec.Interrupted
 		return types.NewError(types.ErrTryAgainLater,
 			fmt.Sprintf("stopped waiting after %v: %v; unmet: %s", waited, report.Err, report.Summary()), details(report, p.start))
-	case spec.OnTimeout == config.Allow:
+	}
+	// Only now, on the way out of a wait that failed: a firewall's reject
+	// is worth a sentence of its own, the operator's fix is not netready's.
+	hint := firewallHint(report, nodeLocal(pod.Gateways))
+	if spec.OnTimeout == config.Allow {
 		rec.outcome, rec.level = logrec.TimeoutAllowed, logrec.LevelWarn
+		if hint != "" {
+			report.Notes = append(report.Notes, hint)
+		}
 		return nil
+	}
+	if hint != "" {
+		hint += "; "
 	}
 	rec.outcome = logrec.Timeout
 	return types.NewError(types.ErrTryAgainLater,
-		fmt.Sprintf("pod network not ready after %v: %s; %s", waited, report.Summary(), reproduce(args.Netns, network, rec.pod)),
+		fmt.Sprintf("pod network not ready after %v: %s; %s%s", waited, report.Summary(), hint, reproduce(args.Netns, network, rec.pod)),
 		details(report, p.start))
 }
 

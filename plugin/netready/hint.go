@@ -3,9 +3,15 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/netready/netready/pkg/gate"
+	"github.com/netready/netready/pkg/probe"
 )
 
 // k3sConfDir is where K3s's containerd reads conflists (default data dir),
@@ -57,4 +63,75 @@ func prevResultError(network string, err error) error {
 	}
 	msg = strings.TrimPrefix(msg, "prevResult: ")
 	return types.NewError(code, fmt.Sprintf("prevResult (the result of %s, passed on by the runtime) is not usable: %s; check that plugin and the conflist's cniVersion (netready passes the result on untouched)", where, msg), "")
+}
+
+// rejects lists the distinct senders of the firewall rejects (an ICMP
+// administratively prohibited, or a port unreachable no host sends of its
+// own) behind the report's unmet conditions, in the conditions' order.
+func rejects(r *gate.Report) []netip.Addr {
+	var from []netip.Addr
+	for _, c := range r.Unmet() {
+		for _, err := range []error{c.LastErr, c.LastCause} {
+			var ie *probe.ICMPError
+			if errors.As(err, &ie) && ie.Reject && !slices.Contains(from, ie.From) {
+				from = append(from, ie.From)
+			}
+		}
+	}
+	return from
+}
+
+// firewallHint says, in an operator's words, what to do when a firewall's
+// reject is why conditions are unmet; "" when no reject was seen. local
+// says whether an address is the node's own (the pod's gateway, an
+// address of the node's netns): an ICMP error from there was made on this
+// node, by its firewall (or a prohibit route). On K3s behind firewalld's
+// iptables backend, flannel's accept sits behind firewalld's REJECT and
+// the pod's traffic gets out only once kube-router has learnt the pod's
+// IP, after the ADD: netready cannot wait that out, the trusted zone K3s's
+// docs require cures it.
+func firewallHint(r *gate.Report, local func(netip.Addr) bool) string {
+	from := rejects(r)
+	if len(from) == 0 {
+		return ""
+	}
+	var node, remote []string
+	for _, a := range from {
+		if local(a) {
+			node = append(node, a.String())
+		} else {
+			remote = append(remote, a.String())
+		}
+	}
+	var parts []string
+	if len(node) > 0 {
+		parts = append(parts, fmt.Sprintf("a firewall on this node rejected the pod's traffic (%s is this node's own address); "+
+			"with firewalld, put the pod and service CIDRs in its trusted zone, as K3s's docs require: "+
+			"firewall-cmd --permanent --zone=trusted --add-source=10.42.0.0/16 --add-source=10.43.0.0/16 && firewall-cmd --reload "+
+			"(K3s's default CIDRs: use your cluster's); otherwise look at the node's FORWARD rules (iptables -S FORWARD, nft list ruleset) "+
+			"for a REJECT the pod's traffic meets before it is accepted", strings.Join(node, ", ")))
+	}
+	if len(remote) > 0 {
+		parts = append(parts, fmt.Sprintf("a firewall beyond this node rejected the pod's traffic (%s is not this node's address); "+
+			"look at that firewall's rules for traffic from this node's pods (masqueraded as the node's address unless the CNI says otherwise)",
+			strings.Join(remote, ", ")))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// nodeLocal is firewallHint's local for a pod: its gateways and the
+// addresses of the netns netready runs in, the node's.
+func nodeLocal(gateways []netip.Addr) func(netip.Addr) bool {
+	var addrs []netip.Addr
+	if ifAddrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range ifAddrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				addrs = append(addrs, p.Addr().Unmap())
+			}
+		}
+	}
+	return func(a netip.Addr) bool {
+		a = a.WithZone("").Unmap()
+		return slices.ContainsFunc(gateways, func(g netip.Addr) bool { return g.WithZone("").Unmap() == a }) || slices.Contains(addrs, a)
+	}
 }

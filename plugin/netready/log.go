@@ -107,6 +107,9 @@ func conditionLogs(r *gate.Report, start time.Time) []logrec.Condition {
 		} else if c.LastErr != nil {
 			l.Error = c.LastErr.Error()
 		}
+		if !c.Ready && c.LastCause != nil {
+			l.Cause = c.LastCause.Error()
+		}
 		out = append(out, l)
 	}
 	return out
