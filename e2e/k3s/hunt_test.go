@@ -197,7 +197,7 @@ func TestHunt(t *testing.T) {
 			record(t, "firewalld_iptables_initcontainer", s)
 
 			t.Run("netready", func(t *testing.T) {
-				s, _ := huntNetready(t, n, "hunt-fwipt-nr", time.Minute)
+				s, _, _ := huntNetready(t, n, "hunt-fwipt-nr", time.Minute)
 				record(t, "firewalld_iptables_netready", s)
 			})
 
@@ -361,7 +361,7 @@ func runHuntPod(ctx context.Context, n *Node, p PodSpec) (huntPod, error) {
 // condition where the path opens only once kube-router has seen the pod's IP (which the
 // kubelet publishes after the ADD returns), the ADD cannot pass. It reports what happened
 // within observe: ADD outcomes from netready's log (also returned), and whether the pods ran.
-func huntNetready(t *testing.T, n *Node, ns string, observe time.Duration) (huntSummary, map[string]int) {
+func huntNetready(t *testing.T, n *Node, ns string, observe time.Duration) (huntSummary, map[string]int, []logLine) {
 	t.Helper()
 	ctx := t.Context()
 	if err := n.CreateNamespace(ctx, ns); err != nil {
@@ -379,10 +379,12 @@ func huntNetready(t *testing.T, n *Node, ns string, observe time.Duration) (hunt
 	}
 	time.Sleep(observe)
 	var per []huntPod
+	var lines []logLine
 	outcomes := map[string]int{}
 	for _, name := range names {
 		for _, l := range addLines(t, n, ns+"/"+name) {
 			outcomes[l.Outcome]++
+			lines = append(lines, l)
 		}
 		pod, err := n.API.GetPod(ctx, ns, name)
 		if err != nil {
@@ -398,5 +400,5 @@ func huntNetready(t *testing.T, n *Node, ns string, observe time.Duration) (hunt
 		n.DeletePod(ctx, ns, name, true)
 	}
 	s := summarize(per, fmt.Sprintf("netready (probe %s, timeout 10s), %v after 2 pods were created: ADD outcomes %v", testbed.ProbeDB, observe, outcomes))
-	return s, outcomes
+	return s, outcomes, lines
 }

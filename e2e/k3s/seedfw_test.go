@@ -59,7 +59,7 @@ func TestSeedFirewalld(t *testing.T) {
 		}
 	})
 	t.Run("with", func(t *testing.T) {
-		s, outcomes := huntNetready(t, n, "e2e-seedfw-with", 25*time.Second)
+		s, outcomes, lines := huntNetready(t, n, "e2e-seedfw-with", 25*time.Second)
 		figures.SetIn("seed_firewalld", "with", s)
 		t.Logf("with: %s; %s", s, s.Notes)
 		if outcomes["ready"] != 0 || s.NeverConnected != s.Pods {
@@ -67,6 +67,26 @@ func TestSeedFirewalld(t *testing.T) {
 		}
 		if outcomes["timeout"] == 0 {
 			t.Errorf("no ADD timed out within 25 s (outcomes %v): netready did not gate these pods", outcomes)
+		}
+		// What the operator reads (the pod's event carries the same error):
+		// the node's own firewall rejected the probe, and the trusted zone
+		// is the cure. firewalld's REJECT is in the node's FORWARD, so the
+		// ICMP error comes from the node: cni0's address, the pod's gateway.
+		for _, l := range lines {
+			if l.Outcome != "timeout" {
+				continue
+			}
+			t.Logf("%s: %s", l.Pod, l.Error)
+			for _, want := range []string{
+				" (ICMP host administratively prohibited)",
+				"a firewall on this node rejected the pod's traffic",
+				"firewall-cmd --permanent --zone=trusted --add-source=10.42.0.0/16 --add-source=10.43.0.0/16",
+			} {
+				if !strings.Contains(l.Error, want) || !strings.Contains(l.Error, "rejected by 10.42.") {
+					t.Errorf("%s: ADD's error %q, want it to name the node's reject (rejected by 10.42.x.1 …%s)", l.Pod, l.Error, want)
+					break
+				}
+			}
 		}
 	})
 }
