@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/netready/netready/pkg/config"
 )
 
 func TestICMPErrorClassification(t *testing.T) {
@@ -118,4 +120,48 @@ func TestParseExtendedErr(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A prober whose attempts succeed never turns the error queue on: the
+// ready path makes the same syscalls as before. One failed attempt arms it.
+func TestRecvErrArmsOnlyOnFailure(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			s := startLoopback(t, f)
+			for _, c := range []struct {
+				name string
+				pr   Prober
+				re   func(Prober) *recvErr
+			}{
+				{"tcp", mustNew(t, tcpProbe(s.web, false)), func(p Prober) *recvErr { return &p.(*tcpProber).recvErr }},
+				{"http", mustNew(t, httpProbe("http", s.web, "/", 200, 399)), func(p Prober) *recvErr { return &p.(*httpProber).recvErr }},
+				{"dns", mustNew(t, dnsProbe(s.dns, "ok.test.", "A")), func(p Prober) *recvErr { return &p.(*dnsProber).re }},
+			} {
+				for range 3 {
+					if err := c.pr.Attempt(t.Context()); err != nil {
+						t.Fatalf("%s: %v", c.name, err)
+					}
+				}
+				if c.re(c.pr).on.Load() {
+					t.Errorf("%s: error queue on after successful attempts only", c.name)
+				}
+			}
+			p := mustNew(t, tcpProbe(s.closedTCP, false))
+			if err := p.Attempt(t.Context()); !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("closed port: %v", err)
+			}
+			if !p.(*tcpProber).recvErr.on.Load() {
+				t.Errorf("error queue still off after a refused attempt")
+			}
+		})
+	}
+}
+
+func mustNew(t *testing.T, pr config.Probe) Prober {
+	t.Helper()
+	p, err := New(pr, localSockets{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
