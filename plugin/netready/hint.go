@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/containernetworking/cni/pkg/types"
 
@@ -120,18 +121,22 @@ func firewallHint(r *gate.Report, local func(netip.Addr) bool) string {
 }
 
 // nodeLocal is firewallHint's local for a pod: its gateways and the
-// addresses of the netns netready runs in, the node's.
+// addresses of the netns netready runs in, the node's (listed only when a
+// reject's sender is not a gateway).
 func nodeLocal(gateways []netip.Addr) func(netip.Addr) bool {
-	var addrs []netip.Addr
-	if ifAddrs, err := net.InterfaceAddrs(); err == nil {
-		for _, a := range ifAddrs {
-			if p, err := netip.ParsePrefix(a.String()); err == nil {
-				addrs = append(addrs, p.Addr().Unmap())
+	nodeAddrs := sync.OnceValue(func() []netip.Addr {
+		var addrs []netip.Addr
+		if ifAddrs, err := net.InterfaceAddrs(); err == nil {
+			for _, a := range ifAddrs {
+				if p, err := netip.ParsePrefix(a.String()); err == nil {
+					addrs = append(addrs, p.Addr().Unmap())
+				}
 			}
 		}
-	}
+		return addrs
+	})
 	return func(a netip.Addr) bool {
 		a = a.WithZone("").Unmap()
-		return slices.ContainsFunc(gateways, func(g netip.Addr) bool { return g.WithZone("").Unmap() == a }) || slices.Contains(addrs, a)
+		return slices.ContainsFunc(gateways, func(g netip.Addr) bool { return g.WithZone("").Unmap() == a }) || slices.Contains(nodeAddrs(), a)
 	}
 }
