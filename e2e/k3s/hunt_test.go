@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/netready/netready/e2e/testbed"
+	"github.com/netready/netready/internal/logrec"
 )
 
 // huntEnv turns on TestHunt: "1" runs every condition, or a comma-separated list of names
@@ -361,7 +362,7 @@ func runHuntPod(ctx context.Context, n *Node, p PodSpec) (huntPod, error) {
 // condition where the path opens only once kube-router has seen the pod's IP (which the
 // kubelet publishes after the ADD returns), the ADD cannot pass. It reports what happened
 // within observe: ADD outcomes from netready's log (also returned), and whether the pods ran.
-func huntNetready(t *testing.T, n *Node, ns string, observe time.Duration) (huntSummary, map[string]int) {
+func huntNetready(t *testing.T, n *Node, ns string, observe time.Duration) (huntSummary, map[logrec.Outcome]int) {
 	t.Helper()
 	ctx := t.Context()
 	if err := n.CreateNamespace(ctx, ns); err != nil {
@@ -379,7 +380,7 @@ func huntNetready(t *testing.T, n *Node, ns string, observe time.Duration) (hunt
 	}
 	time.Sleep(observe)
 	var per []huntPod
-	outcomes := map[string]int{}
+	outcomes := map[logrec.Outcome]int{}
 	for _, name := range names {
 		for _, l := range addLines(t, n, ns+"/"+name) {
 			outcomes[l.Outcome]++
