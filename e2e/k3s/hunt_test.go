@@ -105,14 +105,7 @@ func TestHunt(t *testing.T) {
 	on := func(name string) bool {
 		return sel == "1" || slices.Contains(strings.Split(sel, ","), name)
 	}
-	count := 10
-	if s := os.Getenv(huntNEnv); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 1 {
-			t.Fatalf("%s=%q: want a positive number of pods", huntNEnv, s)
-		}
-		count = v
-	}
+	count := huntCount(t)
 	ctx := t.Context()
 	record := func(t *testing.T, key string, s huntSummary) {
 		figures.SetIn("hunt", key, s)
@@ -285,6 +278,20 @@ func removeFirewalldIptables(t *testing.T, node *testbed.Netns) {
 
 // huntSummaryOf runs count pods of spec in namespace ns, inFlight of them at once (1: one at a
 // time; count: a burst, all created at once), and summarizes them.
+// huntCount is the number of pods per hunt condition: E2E_K3S_HUNT_N, default 10.
+func huntCount(t *testing.T) int {
+	t.Helper()
+	s := os.Getenv(huntNEnv)
+	if s == "" {
+		return 10
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil || v < 1 {
+		t.Fatalf("%s=%q: want a positive number of pods", huntNEnv, s)
+	}
+	return v
+}
+
 func huntSummaryOf(t *testing.T, n *Node, ns string, count, inFlight int, spec PodSpec) huntSummary {
 	t.Helper()
 	return summarize(huntPods(t, n, ns, count, inFlight, spec), "")

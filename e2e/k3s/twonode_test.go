@@ -29,6 +29,9 @@ const TwoNodeEnv = "E2E_K3S_TWONODE"
 //     kubelet.kubeconfig (K3s's agent load balancer, https://127.0.0.1:6444); a pod there is
 //     gated (its ready ADD line); pods deleted while their ADD waits behind a blocked path are
 //     gone <= 5 s after the delete, through the API server reached via :6444.
+//   - hunt: the seed hunt's baseline and burst conditions (TestHunt) with the pods on the agent,
+//     reaching the db through the agent's own route to the router (E2E_K3S_HUNT_N pods each,
+//     default 10; K3s's chain, no netready): every pod must connect; the figures are the finding.
 func TestTwoNode(t *testing.T) {
 	if os.Getenv(TwoNodeEnv) != "1" {
 		t.Skip("opt-in: " + TwoNodeEnv + "=1 starts a K3s agent beside the server (two K3s on this machine, several minutes)")
@@ -48,13 +51,17 @@ func TestTwoNode(t *testing.T) {
 	}
 	t.Logf("agent %s Ready %v after its start (load %s)", AgentName, joined.Round(100*time.Millisecond), load0)
 	figures.SetIn("twonode", "agent_ready_s", round1(joined.Seconds()))
-	const ns = "e2e-twonode"
+	const ns, huntNS, burstNS = "e2e-twonode", "e2e-twonode-hunt", "e2e-twonode-burst"
 	t.Cleanup(func() {
-		// The namespace first (the kubelets tear the pods down), then the agent.
+		// The namespaces first (the kubelets tear the pods down), then the agent.
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-		n.API.Do(ctx, "DELETE", "/api/v1/namespaces/"+ns, nil, nil)
-		for n.API.Do(ctx, "GET", "/api/v1/namespaces/"+ns, nil, nil) == nil && ctx.Err() == nil {
-			time.Sleep(200 * time.Millisecond)
+		for _, ns := range []string{ns, huntNS, burstNS} {
+			n.API.Do(ctx, "DELETE", "/api/v1/namespaces/"+ns, nil, nil)
+		}
+		for _, ns := range []string{ns, huntNS, burstNS} {
+			for n.API.Do(ctx, "GET", "/api/v1/namespaces/"+ns, nil, nil) == nil && ctx.Err() == nil {
+				time.Sleep(200 * time.Millisecond)
+			}
 		}
 		cancel()
 		if err := a.Close(); err != nil {
@@ -68,6 +75,30 @@ func TestTwoNode(t *testing.T) {
 	}
 	t.Run("vxlan", func(t *testing.T) { twoNodeVXLAN(t, n, a, ns) })
 	t.Run("netready", func(t *testing.T) { twoNodeNetready(t, n, a, ns) })
+	t.Run("hunt", func(t *testing.T) {
+		count := huntCount(t)
+		// K3s's own chain: netready was uninstalled when the netready subtest ended.
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			chain, err := a.LiveChain(t.Context())
+			if err == nil && !slices.Contains(chain, "netready") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the agent's containerd still loads %v (err %v), want K3s's chain", chain, err)
+			}
+		}
+		for _, c := range []struct {
+			name, ns string
+			inFlight int
+		}{{"baseline", huntNS, 1}, {"burst", burstNS, count}} {
+			s := huntSummaryOf(t, n, c.ns, count, c.inFlight, PodSpec{NodeName: AgentName})
+			t.Logf("hunt on the agent, %s: %s", c.name, s)
+			figures.SetIn("twonode", "hunt_"+c.name, s)
+			if s.NeverConnected > 0 {
+				t.Errorf("hunt on the agent, %s: %d of %d pods never reached the db", c.name, s.NeverConnected, s.Pods)
+			}
+		}
+	})
 }
 
 func twoNodeVXLAN(t *testing.T, n *Node, a *Agent, ns string) {
