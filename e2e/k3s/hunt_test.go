@@ -125,16 +125,7 @@ func TestHunt(t *testing.T) {
 	if on("netpol") {
 		t.Run("netpol", func(t *testing.T) {
 			const ns = "hunt-netpol"
-			if err := n.CreateNamespace(ctx, ns); err != nil {
-				t.Fatal(err)
-			}
-			for _, p := range huntPolicies() {
-				if err := n.API.Do(ctx, "POST", "/apis/networking.k8s.io/v1/namespaces/"+ns+"/networkpolicies", p, nil); err != nil {
-					t.Fatalf("creating a NetworkPolicy: %v", err)
-				}
-			}
-			// kube-router picks policies up from its informer; give it a full second.
-			time.Sleep(3 * time.Second)
+			applyHuntPolicies(t, n, ns)
 			s := huntSummaryOf(t, n, ns, count, 1, PodSpec{})
 			s.Notes = "default-deny (Ingress, Egress) + allow egress to 198.51.100.0/24 TCP 5432"
 			record(t, "netpol", s)
@@ -207,6 +198,22 @@ func TestHunt(t *testing.T) {
 	}
 }
 
+// applyHuntPolicies makes namespace ns with huntPolicies and waits for kube-router to take them.
+func applyHuntPolicies(t *testing.T, n *Node, ns string) {
+	t.Helper()
+	ctx := t.Context()
+	if err := n.CreateNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range huntPolicies() {
+		if err := n.API.Do(ctx, "POST", "/apis/networking.k8s.io/v1/namespaces/"+ns+"/networkpolicies", p, nil); err != nil {
+			t.Fatalf("creating a NetworkPolicy: %v", err)
+		}
+	}
+	// kube-router picks policies up from its informer; give it a full second.
+	time.Sleep(3 * time.Second)
+}
+
 // huntPolicies are a default-deny policy (ingress and egress) and one allowing egress to the db.
 func huntPolicies() []string {
 	return []string{
@@ -276,8 +283,6 @@ func removeFirewalldIptables(t *testing.T, node *testbed.Netns) {
 	}
 }
 
-// huntSummaryOf runs count pods of spec in namespace ns, inFlight of them at once (1: one at a
-// time; count: a burst, all created at once), and summarizes them.
 // huntCount is the number of pods per hunt condition: E2E_K3S_HUNT_N, default 10.
 func huntCount(t *testing.T) int {
 	t.Helper()
@@ -292,6 +297,8 @@ func huntCount(t *testing.T) int {
 	return v
 }
 
+// huntSummaryOf runs count pods of spec in namespace ns, inFlight of them at once (1: one at a
+// time; count: a burst, all created at once), and summarizes them.
 func huntSummaryOf(t *testing.T, n *Node, ns string, count, inFlight int, spec PodSpec) huntSummary {
 	t.Helper()
 	return summarize(huntPods(t, n, ns, count, inFlight, spec), "")

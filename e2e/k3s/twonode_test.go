@@ -29,7 +29,7 @@ const TwoNodeEnv = "E2E_K3S_TWONODE"
 //     kubelet.kubeconfig (K3s's agent load balancer, https://127.0.0.1:6444); a pod there is
 //     gated (its ready ADD line); pods deleted while their ADD waits behind a blocked path are
 //     gone <= 5 s after the delete, through the API server reached via :6444.
-//   - hunt: the seed hunt's baseline and burst conditions (TestHunt) with the pods on the agent,
+//   - hunt: the seed hunt's baseline, burst and NetworkPolicy conditions (TestHunt) with the pods on the agent,
 //     reaching the db through the agent's own route to the router (E2E_K3S_HUNT_N pods each,
 //     default 10; K3s's chain, no netready): every pod must connect; the figures are the finding.
 func TestTwoNode(t *testing.T) {
@@ -51,14 +51,14 @@ func TestTwoNode(t *testing.T) {
 	}
 	t.Logf("agent %s Ready %v after its start (load %s)", AgentName, joined.Round(100*time.Millisecond), load0)
 	figures.SetIn("twonode", "agent_ready_s", round1(joined.Seconds()))
-	const ns, huntNS, burstNS = "e2e-twonode", "e2e-twonode-hunt", "e2e-twonode-burst"
+	const ns, huntNS, burstNS, netpolNS = "e2e-twonode", "e2e-twonode-hunt", "e2e-twonode-burst", "e2e-twonode-netpol"
 	t.Cleanup(func() {
 		// The namespaces first (the kubelets tear the pods down), then the agent.
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-		for _, ns := range []string{ns, huntNS, burstNS} {
+		for _, ns := range []string{ns, huntNS, burstNS, netpolNS} {
 			n.API.Do(ctx, "DELETE", "/api/v1/namespaces/"+ns, nil, nil)
 		}
-		for _, ns := range []string{ns, huntNS, burstNS} {
+		for _, ns := range []string{ns, huntNS, burstNS, netpolNS} {
 			for n.API.Do(ctx, "GET", "/api/v1/namespaces/"+ns, nil, nil) == nil && ctx.Err() == nil {
 				time.Sleep(200 * time.Millisecond)
 			}
@@ -90,7 +90,11 @@ func TestTwoNode(t *testing.T) {
 		for _, c := range []struct {
 			name, ns string
 			inFlight int
-		}{{"baseline", huntNS, 1}, {"burst", burstNS, count}} {
+			netpol   bool
+		}{{"baseline", huntNS, 1, false}, {"burst", burstNS, count, false}, {"netpol", netpolNS, 1, true}} {
+			if c.netpol {
+				applyHuntPolicies(t, n, c.ns)
+			}
 			s := huntSummaryOf(t, n, c.ns, count, c.inFlight, PodSpec{NodeName: AgentName})
 			t.Logf("hunt on the agent, %s: %s", c.name, s)
 			figures.SetIn("twonode", "hunt_"+c.name, s)
