@@ -205,7 +205,10 @@ func (a *Agent) waitReady(ctx context.Context, timeout time.Duration) error {
 		ok   func() error
 	}{
 		{"the agent's flannel subnet.env (" + a.SubnetEnv() + ")", func() error {
-			_, err := os.Stat(a.SubnetEnv())
+			fi, err := os.Stat(a.SubnetEnv())
+			if err == nil && fi.ModTime().Before(a.started) {
+				err = errors.New("older than this start")
+			}
 			return err
 		}},
 		{"node " + AgentName + " Ready", func() error {
@@ -297,18 +300,7 @@ func (a *Agent) Close() error {
 	}
 	a.Server.agent = nil
 	var errs []error
-	if a.cmd != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		a.Crictl(ctx, "rmp", "-af")
-		cancel()
-		a.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-a.exited:
-		case <-time.After(30 * time.Second):
-			a.cmd.Process.Kill()
-			<-a.exited
-		}
-	}
+	a.stop()
 	for range 50 {
 		pids := a.leftoverProcs()
 		if len(pids) == 0 {
@@ -335,6 +327,36 @@ func (a *Agent) Close() error {
 		cancel()
 	}
 	return errors.Join(errs...)
+}
+
+// stop removes the agent's pod sandboxes (crictl rmp -af: CNI DEL, shims end) and ends its k3s
+// by PID (SIGTERM, SIGKILL after 30 s).
+func (a *Agent) stop() {
+	if a.cmd == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	a.Crictl(ctx, "rmp", "-af")
+	cancel()
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.exited:
+	case <-time.After(30 * time.Second):
+		a.cmd.Process.Kill()
+		<-a.exited
+	}
+	a.cmd = nil
+}
+
+// Restart stops the agent (its pod sandboxes removed first, so that none is left in the old
+// mount namespace) and starts it again on the same data dir, in a new mount namespace over the
+// same dirs, then waits for it as StartAgent does.
+func (a *Agent) Restart(ctx context.Context) error {
+	a.stop()
+	if err := a.start(); err != nil {
+		return err
+	}
+	return a.waitReady(ctx, 3*time.Minute)
 }
 
 // leftoverProcs are the agent's processes: executables in its dir (k3s, containerd, shims,

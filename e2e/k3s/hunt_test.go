@@ -164,7 +164,7 @@ func TestHunt(t *testing.T) {
 	}
 	if on("firewalld-iptables") {
 		t.Run("firewalld-iptables", func(t *testing.T) {
-			chain := firewalldIptablesFirst(t, n)
+			chain := firewalldIptablesFirst(t, n.Bed.Node, n.Restart)
 			figures.SetIn("hunt", "firewalld_iptables_forward_chain", chain)
 			t.Logf("FORWARD after K3s started on top of firewalld's rules:\n%s", strings.Join(chain, "\n"))
 
@@ -223,14 +223,14 @@ func huntPolicies() []string {
 	}
 }
 
-// firewalldIptablesFirst gives the node netns firewalld's iptables FORWARD rules as on a host
-// where firewalld started before K3s: FORWARD is emptied, firewalld's rules appended, K3s
-// restarted so that flannel, kube-router and kube-proxy add their jumps to it as they do at
-// boot. It returns FORWARD once all three are there. Cleanup deletes firewalld's rules only.
-func firewalldIptablesFirst(t *testing.T, n *Node) []string {
+// firewalldIptablesFirst gives a node netns firewalld's iptables FORWARD rules as on a host
+// where firewalld started before K3s: FORWARD is emptied, firewalld's rules appended, the node's
+// K3s restarted (restart: Node.Restart, Agent.Restart) so that flannel, kube-router and
+// kube-proxy add their jumps to it as they do at boot. It returns FORWARD once all three are
+// there. Cleanup deletes firewalld's rules only.
+func firewalldIptablesFirst(t *testing.T, node *testbed.Netns, restart func(context.Context) error) []string {
 	t.Helper()
 	ctx := t.Context()
-	node := n.Bed.Node
 	if _, err := node.Exec(ctx, "iptables", "-F", "FORWARD"); err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +238,7 @@ func firewalldIptablesFirst(t *testing.T, n *Node) []string {
 	if _, err := node.ExecInput(ctx, firewalldIptablesBase(), "iptables-restore", "--noflush"); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.Restart(ctx); err != nil {
+	if err := restart(ctx); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(2 * time.Minute)

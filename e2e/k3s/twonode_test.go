@@ -32,6 +32,8 @@ const TwoNodeEnv = "E2E_K3S_TWONODE"
 //   - hunt: the seed hunt's baseline, burst and NetworkPolicy conditions (TestHunt) with the pods on the agent,
 //     reaching the db through the agent's own route to the router (E2E_K3S_HUNT_N pods each,
 //     default 10; K3s's chain, no netready): every pod must connect; the figures are the finding.
+//   - hunt-firewalld: firewalld's iptables FORWARD on the agent before its K3s starts (restarted),
+//     10 pods one at a time, then with K3s's trusted zone (no first connect may fail then).
 func TestTwoNode(t *testing.T) {
 	if os.Getenv(TwoNodeEnv) != "1" {
 		t.Skip("opt-in: " + TwoNodeEnv + "=1 starts a K3s agent beside the server (two K3s on this machine, several minutes)")
@@ -51,14 +53,14 @@ func TestTwoNode(t *testing.T) {
 	}
 	t.Logf("agent %s Ready %v after its start (load %s)", AgentName, joined.Round(100*time.Millisecond), load0)
 	figures.SetIn("twonode", "agent_ready_s", round1(joined.Seconds()))
-	const ns, huntNS, burstNS, netpolNS = "e2e-twonode", "e2e-twonode-hunt", "e2e-twonode-burst", "e2e-twonode-netpol"
+	const ns, huntNS, burstNS, netpolNS, fwNS, fwTrustedNS = "e2e-twonode", "e2e-twonode-hunt", "e2e-twonode-burst", "e2e-twonode-netpol", "e2e-twonode-fwipt", "e2e-twonode-fwipt-trusted"
 	t.Cleanup(func() {
 		// The namespaces first (the kubelets tear the pods down), then the agent.
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-		for _, ns := range []string{ns, huntNS, burstNS, netpolNS} {
+		for _, ns := range []string{ns, huntNS, burstNS, netpolNS, fwNS, fwTrustedNS} {
 			n.API.Do(ctx, "DELETE", "/api/v1/namespaces/"+ns, nil, nil)
 		}
-		for _, ns := range []string{ns, huntNS, burstNS, netpolNS} {
+		for _, ns := range []string{ns, huntNS, burstNS, netpolNS, fwNS, fwTrustedNS} {
 			for n.API.Do(ctx, "GET", "/api/v1/namespaces/"+ns, nil, nil) == nil && ctx.Err() == nil {
 				time.Sleep(200 * time.Millisecond)
 			}
@@ -101,6 +103,28 @@ func TestTwoNode(t *testing.T) {
 			if s.NeverConnected > 0 {
 				t.Errorf("hunt on the agent, %s: %d of %d pods never reached the db", c.name, s.NeverConnected, s.Pods)
 			}
+		}
+	})
+	t.Run("hunt-firewalld", func(t *testing.T) {
+		count := huntCount(t)
+		chain := firewalldIptablesFirst(t, a.Netns, a.Restart)
+		figures.SetIn("twonode", "hunt_firewalld_iptables_forward_chain", chain)
+		s := huntSummaryOf(t, n, fwNS, count, 1, PodSpec{NodeName: AgentName})
+		s.Notes = "on the agent: firewalld's iptables backend in FORWARD (REJECT icmp-host-prohibited last), the agent's K3s restarted after it, no exceptions; one pod at a time"
+		t.Logf("hunt on the agent, firewalld-iptables: %s", s)
+		figures.SetIn("twonode", "hunt_firewalld_iptables", s)
+		if s.NeverConnected > 0 {
+			t.Errorf("hunt on the agent, firewalld-iptables: %d of %d pods never reached the db (kube-router's per-pod accept should let them out)", s.NeverConnected, s.Pods)
+		}
+		if _, err := a.Netns.ExecInput(t.Context(), firewalldIptablesTrusted(k3sTrustedSources), "iptables-restore", "--noflush"); err != nil {
+			t.Fatal(err)
+		}
+		s = huntSummaryOf(t, n, fwTrustedNS, count, 1, PodSpec{NodeName: AgentName})
+		s.Notes = "as hunt_firewalld_iptables plus the trusted zone for 10.42.0.0/16 and 10.43.0.0/16 (K3s's docs)"
+		t.Logf("hunt on the agent, firewalld-iptables, trusted zone: %s", s)
+		figures.SetIn("twonode", "hunt_firewalld_iptables_trusted", s)
+		if s.FirstConnectFailures > 0 || s.NeverConnected > 0 {
+			t.Errorf("hunt on the agent, firewalld-iptables with the trusted zone: %d first connects failed, %d never connected; want none", s.FirstConnectFailures, s.NeverConnected)
 		}
 	})
 }
