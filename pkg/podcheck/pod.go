@@ -92,22 +92,17 @@ func PodFromResult(netns, ifName string, prev *current.Result) (Pod, error) {
 // PodFromNetNS stands in for prevResult when there is none (the CLI): the
 // netns's own links other than loopback, their global addresses, and the
 // gateways of its default routes.
-func PodFromNetNS(path string) (Pod, error) {
-	n, err := podns.Open(path)
-	if err != nil {
-		return Pod{}, err
-	}
-	defer n.Close()
+func PodFromNetNS(n *podns.NetNS) (Pod, error) {
 	links, err := n.View().Links()
 	if err != nil {
-		return Pod{}, fmt.Errorf("netns %s: links: %w", path, err)
+		return Pod{}, fmt.Errorf("netns %s: links: %w", n.Path(), err)
 	}
-	pod := Pod{NetNS: path}
+	pod := Pod{NetNS: n.Path()}
 	for _, l := range links {
 		pod.Links = append(pod.Links, Link(l))
 	}
 	if pod.Gateways, err = n.View().Gateways(); err != nil {
-		return Pod{}, fmt.Errorf("netns %s: routes: %w", path, err)
+		return Pod{}, fmt.Errorf("netns %s: routes: %w", n.Path(), err)
 	}
 	return pod, nil
 }

@@ -21,30 +21,41 @@ import (
 // enough that a path opening meanwhile is seen almost as soon.
 const quickRound = 20 * time.Millisecond
 
-// Run opens the pod's netns and waits, within ctx, until every condition
-// of spec holds. The error is for what prevents gating at all (a missing
-// netns, podns.IsBadNetNS; a netlink or socket failure); unmet conditions
-// are in the report.
-func Run(ctx context.Context, spec config.Spec, pod Pod) (*gate.Report, error) {
+// An End ends a waiting gate early, for a cause outside the pod's netns
+// (the runtime's signal, the pod deleted in the API server): it calls end
+// with its cause, and returns what stops it. Run starts it only when the
+// first round left conditions unmet, so a ready pod pays for none.
+type End func(ctx context.Context, end context.CancelCauseFunc) (stop func())
+
+// Run opens the pod's netns and waits in it (RunIn). The error is for what
+// prevents gating at all (a missing netns, podns.IsBadNetNS; a netlink or
+// socket failure); unmet conditions are in the report.
+func Run(ctx context.Context, spec config.Spec, pod Pod, ends ...End) (*gate.Report, error) {
 	n, err := podns.Open(pod.NetNS)
 	if err != nil {
 		return nil, err
 	}
 	defer n.Close()
+	return RunIn(ctx, n, spec, pod, ends...)
+}
+
+// RunIn waits, within ctx, until every condition of spec holds in n, the
+// pod's netns, or one of ends ends the wait (Report.Err holds its cause).
+func RunIn(ctx context.Context, n *podns.NetNS, spec config.Spec, pod Pod, ends ...End) (*gate.Report, error) {
 	conds, err := Conditions(spec, pod, n.View(), n)
 	if err != nil {
 		return nil, err
 	}
 	// Most pods find their network already working: the gate runs a quick
 	// round first, and pays for watchers (three netlink sockets, and a
-	// wake-up for every change on a busy node) and for sharing only if
-	// something is unmet after it.
+	// wake-up for every change on a busy node), for sharing and for what
+	// ends a wait early only if something is unmet after it.
 	var watchErr error
 	report := gate.Run(ctx, conds, gate.Options{
 		Interval: spec.Interval, MaxInterval: spec.MaxInterval, AttemptTimeout: spec.AttemptTimeout,
 		FirstRound: quickRound,
-		Watch: func(_ context.Context, end context.CancelCauseFunc) (gate.Wakeups, error) {
-			w, err := watch(n, conds, end)
+		Watch: func(ctx context.Context, end context.CancelCauseFunc) (gate.Wakeups, error) {
+			w, err := watch(ctx, n, conds, end, ends)
 			watchErr = err
 			return w, err
 		},
@@ -57,9 +68,9 @@ func Run(ctx context.Context, spec config.Spec, pod Pod) (*gate.Report, error) {
 
 // watch starts what a waiting gate needs: the wake-ups from the pod's and
 // the node's netns, the sharing of its probes with the other ADDs on the
-// node, and what ends the wait early. Each of those calls end with its
-// cause; today one does: the pod's netns removed (podns.ErrRemoved).
-func watch(n *podns.NetNS, conds []gate.Condition, end context.CancelCauseFunc) (gate.Wakeups, error) {
+// node, and what ends the wait early, each calling end with its cause: the
+// pod's netns removed (podns.ErrRemoved), and the caller's ends.
+func watch(ctx context.Context, n *podns.NetNS, conds []gate.Condition, end context.CancelCauseFunc, ends []End) (gate.Wakeups, error) {
 	var stops []func()
 	closeAll := func() {
 		for _, stop := range slices.Backward(stops) {
@@ -80,8 +91,10 @@ func watch(n *podns.NetNS, conds []gate.Condition, end context.CancelCauseFunc) 
 	}
 	stops = append(stops, nw.Close)
 
-	// What ends the wait early, besides ctx.
 	stops = append(stops, n.WatchGone(end))
+	for _, e := range ends {
+		stops = append(stops, e(ctx, end))
+	}
 
 	w := share(conds)
 	stops = append(stops, w.Close)

@@ -8,9 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
 	"github.com/netready/netready/pkg/podcheck"
+	"github.com/netready/netready/pkg/podns"
 )
 
 // Exit codes of the command-line tool.
@@ -158,16 +157,20 @@ func cliCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "skipped: %s\n", spec.SkipReason)
 		return exitReady
 	}
-	pod, err := cliPod(*netnsPath, *prevPath)
+	n, err := podns.Open(*netnsPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "netready check: %v\n", err)
+		return exitCannot
+	}
+	defer n.Close()
+	pod, err := cliPod(n, *prevPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "netready check: %v\n", err)
 		return exitCannot
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), start.Add(spec.Timeout))
 	defer cancel()
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	report, err := podcheck.Run(ctx, spec, pod)
+	report, err := podcheck.RunIn(ctx, n, spec, pod, endOnSignal)
 	if err != nil {
 		fmt.Fprintf(stderr, "netready check: %v\n", err)
 		return exitCannot
@@ -239,9 +242,9 @@ func cliSpec(path, podName string, ann annotations) (config.Spec, error) {
 }
 
 // cliPod is the pod as prevResult describes it, or as its netns shows it.
-func cliPod(netnsPath, prevPath string) (podcheck.Pod, error) {
+func cliPod(n *podns.NetNS, prevPath string) (podcheck.Pod, error) {
 	if prevPath == "" {
-		return podcheck.PodFromNetNS(netnsPath)
+		return podcheck.PodFromNetNS(n)
 	}
 	data, err := os.ReadFile(prevPath)
 	if err != nil {
@@ -257,7 +260,7 @@ func cliPod(netnsPath, prevPath string) (podcheck.Pod, error) {
 	}
 	// The runtime's name for the pod's interface is eth0 (CNI_IFNAME), used
 	// for results too old to say which interface an address is on.
-	return podcheck.PodFromResult(netnsPath, "eth0", prev)
+	return podcheck.PodFromResult(n.Path(), "eth0", prev)
 }
 
 func cliExplain(args []string, stdout, stderr io.Writer) int {

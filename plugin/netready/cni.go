@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os/signal"
-	"syscall"
 	"time"
 
 	cnins "github.com/containernetworking/cni/pkg/ns"
@@ -153,15 +151,10 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, network string, spec conf
 
 	ctx, cancel := context.WithDeadline(context.Background(), p.start.Add(budget))
 	defer cancel()
-	// The runtime stops a plugin with SIGTERM (or kills it at its own
-	// deadline): end the wait and answer rather than die mid-sentence.
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	ctx, cancelGone := context.WithCancelCause(ctx)
-	defer cancelGone(nil)
-	watch := watchPod(ctx, cancelGone, pw, k8sPod, p.start)
-
-	report, err := podcheck.Run(ctx, spec, pod)
+	// What ends a wait early besides the pod's netns going away: the
+	// runtime's signal, and the API server saying the pod is gone.
+	watch := newPodWatcher(pw, k8sPod, p.start)
+	report, err := podcheck.Run(ctx, spec, pod, endOnSignal, watch.End)
 	if note := watch.Note(); note != "" && report != nil {
 		report.Notes = append(report.Notes, note)
 	}

@@ -25,51 +25,64 @@ const configSource = "kubernetes.io/config.source"
 // podWatcher asks the API server, while an ADD waits, whether its pod was
 // deleted; see pkg/podwatch.
 type podWatcher struct {
+	conf  *config.PodWatch // nil: no watch
+	pod   config.Pod
+	start time.Time // the plugin's start, from which conf.After counts
+
 	mu   sync.Mutex // guards note
 	note string     // why the watch could not tell, once it gave up
 }
 
-// watchPod starts the watch for pod once the ADD has waited w.After (counted
-// from start, the plugin's start): a ready pod or a short wait never
-// contacts the API server. When the API server says the pod is gone, the
-// gate's context is cancelled with the *podwatch.Gone as its cause. Nothing
-// the API server does can fail or delay the ADD: when the watch cannot tell
-// (no credentials, unreachable, 403, slow), it notes why and the ADD waits
-// on as it would without it. The watch ends with ctx.
-func watchPod(ctx context.Context, cancel context.CancelCauseFunc, w *config.PodWatch, pod config.Pod, start time.Time) *podWatcher {
-	pw := &podWatcher{}
-	if w == nil || pod.Namespace == "" || pod.Name == "" {
-		return pw // not a Kubernetes pod, or no podWatch configured
+// newPodWatcher is the watch of pod with w, nil for none. It watches only a
+// pod the API server holds: not a pod outside Kubernetes (no name), and not
+// a static pod (from a file or URL on the node), of which the API server
+// holds only a mirror, whose UID differs and whose deletion does not delete
+// the pod.
+func newPodWatcher(w *config.PodWatch, pod config.Pod, start time.Time) *podWatcher {
+	pw := &podWatcher{pod: pod, start: start}
+	if src := pod.Annotations[configSource]; w != nil && pod.Namespace != "" && pod.Name != "" && (src == "" || src == "api") {
+		pw.conf = w
 	}
-	if src := pod.Annotations[configSource]; src != "" && src != "api" {
-		// A static pod (from a file or URL on the node): the API server holds only its
-		// mirror, whose UID differs and whose deletion does not delete the pod.
-		return pw
+	return pw
+}
+
+// End is a podcheck.End: once the ADD has waited conf.After (counted from
+// the plugin's start; a ready pod or a short wait never contacts the API
+// server), it watches the pod, and calls end with a *podwatch.Gone when the
+// API server says the pod is gone. Nothing the API server does can fail or
+// delay the ADD: when the watch cannot tell (no credentials, unreachable,
+// 403, slow), it notes why and the ADD waits on as it would without it.
+func (pw *podWatcher) End(ctx context.Context, end context.CancelCauseFunc) (stop func()) {
+	if pw.conf == nil {
+		return func() {}
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	finished := make(chan struct{})
 	go func() {
-		t := time.NewTimer(time.Until(start.Add(w.After)))
+		defer close(finished)
+		t := time.NewTimer(time.Until(pw.start.Add(pw.conf.After)))
 		defer t.Stop()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		c, err := podwatch.New(*w)
+		c, err := podwatch.New(*pw.conf)
 		if err != nil {
 			pw.setNote(err)
 			return
 		}
 		defer c.Close()
-		err = c.Wait(ctx, podwatch.Pod{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID})
+		err = c.Wait(ctx, podwatch.Pod{Namespace: pw.pod.Namespace, Name: pw.pod.Name, UID: pw.pod.UID})
 		var gone *podwatch.Gone
 		switch {
 		case errors.As(err, &gone):
-			cancel(gone)
+			end(gone)
 		case ctx.Err() == nil && err != nil:
 			pw.setNote(err)
 		}
 	}()
-	return pw
+	return func() { cancel(); <-finished }
 }
 
 func (pw *podWatcher) setNote(err error) {

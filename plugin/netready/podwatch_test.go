@@ -22,11 +22,14 @@ func runWatch(t *testing.T, w *config.PodWatch, pod config.Pod, budget time.Dura
 	start := time.Now()
 	ctx, cancel := context.WithDeadline(context.Background(), start.Add(budget))
 	defer cancel()
-	ctx, cancelGone := context.WithCancelCause(ctx)
-	defer cancelGone(nil)
-	pw = watchPod(ctx, cancelGone, w, pod, start)
+	ctx, end := context.WithCancelCause(ctx)
+	defer end(nil)
+	pw = newPodWatcher(w, pod, start)
+	stop := pw.End(ctx, end)
 	<-ctx.Done()
-	return context.Cause(ctx), time.Since(start), pw
+	ended = time.Since(start)
+	stop()
+	return context.Cause(ctx), ended, pw
 }
 
 // closedPort is an https URL of a loopback port this test listened on and
