@@ -47,7 +47,9 @@ func TestTwoNode(t *testing.T) {
 	joined := time.Since(begin)
 	if err != nil {
 		if a != nil {
-			t.Logf("agent's containerd log: %s\n%s", a.ContainerdLog(), tail(a.ContainerdLog(), 20))
+			if _, serr := os.Stat(a.ContainerdLog()); serr == nil {
+				t.Logf("agent's containerd log: %s\n%s", a.ContainerdLog(), tail(a.ContainerdLog(), 20))
+			}
 		}
 		a.Close()
 		t.Fatal(err)
