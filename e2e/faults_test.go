@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -112,7 +111,7 @@ func TestRuntimeDeadlineKillsCleanly(t *testing.T) {
 		t.Fatal("ADD succeeded through a blocked path")
 	}
 	time.Sleep(100 * time.Millisecond) // the kill is asynchronous
-	if pids := processesWithEnv(t, "CNI_CONTAINERID="+pod.ContainerID); len(pids) > 0 {
+	if pids := processesWithEnv("CNI_CONTAINERID", pod.ContainerID); len(pids) > 0 {
 		t.Errorf("netready processes left after the runtime's deadline: %v", pids)
 	}
 	// A killed ADD writes no log line; no other file may appear either,
@@ -298,26 +297,12 @@ func TestManyPodsHalfNeverReady(t *testing.T) {
 	}
 }
 
-// processesWithEnv lists the pids whose environment holds kv.
-func processesWithEnv(t *testing.T, kv string) []string {
-	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []string
-	for _, e := range ents {
-		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if err != nil {
-			continue
-		}
-		for v := range bytes.SplitSeq(env, []byte{0}) {
-			if string(v) == kv {
-				pids = append(pids, e.Name())
-			}
-		}
-	}
-	return pids
+// processesWithEnv lists the pids whose environment holds key=value.
+func processesWithEnv(key, value string) []int {
+	return testbed.Pids(func(_ int, dir string) bool {
+		v, ok := testbed.ProcEnv(dir, key)
+		return ok && v == value
+	})
 }
 
 func dirListing(t *testing.T, dir string) map[string]bool {

@@ -59,26 +59,14 @@ func addAll(ctx context.Context, b *testbed.Bed, list *libcni.NetworkConfigList,
 // netreadyPIDs maps the container ids of running netready processes (their CNI_CONTAINERID) to pids.
 func netreadyPIDs() map[string]int {
 	out := map[string]int{}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
-		if err != nil || strings.TrimSpace(string(comm)) != testbed.Netready {
-			continue
-		}
-		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if err != nil {
-			continue
-		}
-		for _, kv := range bytes.Split(env, []byte{0}) {
-			if id, ok := bytes.CutPrefix(kv, []byte("CNI_CONTAINERID=")); ok {
-				out[string(id)] = pid
+	testbed.Pids(func(pid int, dir string) bool {
+		if testbed.ProcComm(dir) == testbed.Netready {
+			if id, ok := testbed.ProcEnv(dir, "CNI_CONTAINERID"); ok {
+				out[id] = pid
 			}
 		}
-	}
+		return false
+	})
 	return out
 }
 

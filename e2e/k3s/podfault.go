@@ -255,24 +255,20 @@ func (w *AppWatch) poll() {
 // scanApps returns, for each netns inode in want that has an app process, the time it was seen.
 func scanApps(want map[uint64]bool) map[uint64]time.Time {
 	found := map[uint64]time.Time{}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		link, err := os.Readlink("/proc/" + e.Name() + "/ns/net")
+	testbed.Pids(func(_ int, dir string) bool {
+		link, err := os.Readlink(filepath.Join(dir, "ns", "net"))
 		if err != nil {
-			continue
+			return false
 		}
 		ino, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(link, "net:["), "]"), 10, 64)
 		if err != nil || !want[ino] {
-			continue
+			return false
 		}
-		c, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && strings.HasPrefix(string(c), "/app\x00") && !strings.Contains(string(c), "-init") {
+		if c := testbed.ProcCmdline(dir); strings.HasPrefix(c, "/app\x00") && !strings.Contains(c, "-init") {
 			found[ino] = time.Now()
 		}
-	}
+		return false
+	})
 	return found
 }
 

@@ -1,9 +1,11 @@
 package testbed
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 )
 
 // Pids lists the processes, this one left out, for which match is true; match gets the pid and
@@ -36,4 +38,22 @@ func ProcExe(dir string) string {
 func ProcCmdline(dir string) string {
 	b, _ := os.ReadFile(filepath.Join(dir, "cmdline"))
 	return string(b)
+}
+
+// ProcEnv is the value of key in the environment of the process at dir, and whether it is set.
+func ProcEnv(dir, key string) (string, bool) {
+	env, _ := os.ReadFile(filepath.Join(dir, "environ"))
+	for kv := range bytes.SplitSeq(env, []byte{0}) {
+		if v, ok := bytes.CutPrefix(kv, []byte(key+"=")); ok {
+			return string(v), true
+		}
+	}
+	return "", false
+}
+
+// ProcComm is the command name of the process at dir (its executable's base name, at most 15
+// bytes), "" if unreadable.
+func ProcComm(dir string) string {
+	b, _ := os.ReadFile(filepath.Join(dir, "comm"))
+	return strings.TrimSpace(string(b))
 }
