@@ -29,9 +29,10 @@ const TwoNodeEnv = "E2E_K3S_TWONODE"
 //     kubelet.kubeconfig (K3s's agent load balancer, https://127.0.0.1:6444); a pod there is
 //     gated (its ready ADD line); pods deleted while their ADD waits behind a blocked path are
 //     gone <= 5 s after the delete, through the API server reached via :6444.
-//   - hunt: the seed hunt's baseline, burst and NetworkPolicy conditions (TestHunt) with the pods on the agent,
-//     reaching the db through the agent's own route to the router (E2E_K3S_HUNT_N pods each,
-//     default 10; K3s's chain, no netready): every pod must connect; the figures are the finding.
+//   - hunt: the seed hunt's baseline, burst and NetworkPolicy conditions (TestHunt) with the
+//     pods on the agent, reaching the db through the agent's own route to the router
+//     (E2E_K3S_HUNT_N pods each, default 10; K3s's chain, no netready): every pod must connect;
+//     the figures are the finding.
 //   - hunt-firewalld: firewalld's iptables FORWARD on the agent before its K3s starts (restarted),
 //     10 pods one at a time: first connects fail with "no route to host" (the outage: its length
 //     is the finding); then with K3s's trusted zone: none may fail.
