@@ -34,7 +34,7 @@ func TestPodWatchForbidden(t *testing.T) {
 	}
 	const timeout = 6 * time.Second
 	install(t, n, timeout.String(), testbed.ProbeDB)
-	checkDefaultPodWatch(t, n)
+	checkDefaultPodWatch(t, n.CNIConfDir(), n.DataDir, "https://127.0.0.1:6443")
 	cert, key := otherNodeCert(t, n, "nr-ghost-node")
 	setPodWatchCredentials(t, n, cert, key)
 
