@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/netready/netready/e2e/testbed"
+	"github.com/netready/netready/internal/logrec"
 )
 
 // TestAnnotations: a pod's netready.dev/probes and netready.dev/timeout reach netready through
@@ -59,7 +60,7 @@ func TestAnnotations(t *testing.T) {
 	}
 	lines := addLines(t, n, ns+"/"+p.Name)
 	ok := slices.ContainsFunc(lines, func(l logLine) bool {
-		return l.Outcome == "ready" && slices.Contains(l.Probes, probeLine{URL: testbed.ProbeDB, Origin: "annotation"})
+		return l.Outcome == "ready" && slices.Contains(l.Probes, logrec.Probe{URL: testbed.ProbeDB, Origin: "annotation"})
 	})
 	if !ok {
 		t.Fatalf("no ready ADD with the probe from the annotation: %+v", lines)

@@ -164,7 +164,7 @@ func TestDeleteWhileWaiting(t *testing.T) {
 	}
 	const timeout = 30 * time.Second
 	install(t, n, timeout.String(), testbed.ProbeDB)
-	checkDefaultPodWatch(t, n)
+	checkDefaultPodWatch(t, n.CNIConfDir(), n.DataDir, "https://127.0.0.1:6443")
 	fault, err := n.Bed.BlockRouter(context.Background()) // not t.Context(): canceled before Cleanup lifts the fault
 	if err != nil {
 		t.Fatal(err)
@@ -175,51 +175,9 @@ func TestDeleteWhileWaiting(t *testing.T) {
 	var podGone, addEnded []float64
 	for i := range runs {
 		p := PodSpec{Namespace: ns, Name: podName("deleted", itoa(i))}
-		if err := n.Apply(ctx, p); err != nil {
-			t.Fatal(err)
-		}
-		// The ADD has started once the pod's veth exists and netready runs; wait well into it
-		// (past podWatch's 1 s, so the watch is open, as it is for any pod that really waits).
-		for deadline := time.Now().Add(time.Minute); len(netreadyProcs(n)) == 0; time.Sleep(50 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("no netready ADD running within a minute: %s", n.describe(ctx, ns, p.Name))
-			}
-		}
-		time.Sleep(3 * time.Second)
-		deleted := time.Now()
-		if err := n.DeletePod(ctx, ns, p.Name, false); err != nil {
-			t.Fatal(err)
-		}
-		var gone time.Duration
-		var line *logLine
-		for deadline := deleted.Add(timeout + 30*time.Second); gone == 0 || line == nil; time.Sleep(50 * time.Millisecond) {
-			if gone == 0 {
-				if _, err := n.API.GetPod(ctx, ns, p.Name); IsNotFound(err) {
-					gone = time.Since(deleted)
-				}
-			}
-			if line == nil {
-				for _, l := range addLines(t, n, ns+"/"+p.Name) {
-					if l.Time.After(deleted) {
-						line = &l
-					}
-				}
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %v after the delete the pod is gone: %v, the ADD's line: %+v", p.Name, timeout+30*time.Second, gone > 0, line)
-			}
-		}
-		ended := line.Time.Sub(deleted)
-		t.Logf("%s deleted while its ADD waited: the ADD ended %v after the delete (%s, code %d: %s); the pod was gone from the API %v after the delete",
-			p.Name, ended.Round(time.Millisecond), line.Outcome, line.Code, line.Error, gone.Round(time.Millisecond))
+		gone, ended := deleteWhileWaiting(t, n, p, func() []int { return netreadyProcs(n) }, netreadyLog(n), timeout)
 		ms := func(d time.Duration) float64 { return float64(d.Milliseconds()) / 1000 }
 		podGone, addEnded = append(podGone, ms(gone)), append(addEnded, ms(ended))
-		if line.Outcome != "pod-deleted" || line.Code != 100 || !strings.Contains(line.Error, "pod "+ns+"/"+p.Name+" is being deleted: deletionTimestamp") {
-			t.Errorf("%s: the ADD's line says %s, code %d: %q; want pod-deleted, code 100, naming the pod and its deletionTimestamp", p.Name, line.Outcome, line.Code, line.Error)
-		}
-		if gone > 5*time.Second {
-			t.Errorf("%s was gone %v after the delete, want <= 5 s", p.Name, gone)
-		}
 	}
 	slices.Sort(podGone)
 	slices.Sort(addEnded)
@@ -228,11 +186,66 @@ func TestDeleteWhileWaiting(t *testing.T) {
 	figures.Set("delete_while_waiting_runs", map[string]any{"pod_gone_s": podGone, "add_ended_s": addEnded})
 }
 
-// checkDefaultPodWatch: `netready install` with its defaults wrote podWatch with the kubelet's
-// own server and credentials from the data dir (K3s's kubelet.kubeconfig).
-func checkDefaultPodWatch(t *testing.T, n *Node) {
+// deleteWhileWaiting creates pod p while the path is blocked, waits until a netready ADD runs
+// (procs lists them) and 3 s into it (past podWatch's 1 s), deletes the pod and waits until it
+// is gone from the API and its ADD's line is in logFile. It fails the test unless the line is
+// pod-deleted, code 100, naming the pod, and the pod was gone <= 5 s after the delete; it
+// returns delete -> gone and delete -> the ADD's line.
+func deleteWhileWaiting(t *testing.T, n *Node, p PodSpec, procs func() []int, logFile string, timeout time.Duration) (gone, ended time.Duration) {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(n.CNIConfDir(), OwnedConflist))
+	ctx := t.Context()
+	ns := p.Namespace
+	if err := n.Apply(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	// The ADD has started once the pod's veth exists and netready runs; wait well into it
+	// (past podWatch's 1 s, so the watch is open, as it is for any pod that really waits).
+	for deadline := time.Now().Add(time.Minute); len(procs()) == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no netready ADD running within a minute: %s", n.describe(ctx, ns, p.Name))
+		}
+	}
+	time.Sleep(3 * time.Second)
+	deleted := time.Now()
+	if err := n.DeletePod(ctx, ns, p.Name, false); err != nil {
+		t.Fatal(err)
+	}
+	var line *logLine
+	for deadline := deleted.Add(timeout + 30*time.Second); gone == 0 || line == nil; time.Sleep(50 * time.Millisecond) {
+		if gone == 0 {
+			if _, err := n.API.GetPod(ctx, ns, p.Name); IsNotFound(err) {
+				gone = time.Since(deleted)
+			}
+		}
+		if line == nil {
+			for _, l := range addLinesIn(t, logFile, ns+"/"+p.Name) {
+				if l.Time.After(deleted) {
+					line = &l
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v after the delete the pod is gone: %v, the ADD's line: %+v", p.Name, timeout+30*time.Second, gone > 0, line)
+		}
+	}
+	ended = line.Time.Sub(deleted)
+	t.Logf("%s deleted while its ADD waited: the ADD ended %v after the delete (%s, code %d: %s); the pod was gone from the API %v after the delete",
+		p.Name, ended.Round(time.Millisecond), line.Outcome, line.Code, line.Error, gone.Round(time.Millisecond))
+	if line.Outcome != "pod-deleted" || line.Code != 100 || !strings.Contains(line.Error, "pod "+ns+"/"+p.Name+" is being deleted: deletionTimestamp") {
+		t.Errorf("%s: the ADD's line says %s, code %d: %q; want pod-deleted, code 100, naming the pod and its deletionTimestamp", p.Name, line.Outcome, line.Code, line.Error)
+	}
+	if gone > 5*time.Second {
+		t.Errorf("%s was gone %v after the delete, want <= 5 s", p.Name, gone)
+	}
+	return gone, ended
+}
+
+// checkDefaultPodWatch: `netready install` with its defaults wrote podWatch with the kubelet's
+// own server and credentials from the data dir (K3s's kubelet.kubeconfig): server is
+// https://127.0.0.1:6443 on a server node, the agent's load balancer :6444 on an agent.
+func checkDefaultPodWatch(t *testing.T, confDir, dataDir, server string) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(confDir, OwnedConflist))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,9 +258,9 @@ func checkDefaultPodWatch(t *testing.T, n *Node) {
 	if err := json.Unmarshal(raw, &list); err != nil || len(list.Plugins) == 0 {
 		t.Fatalf("%s: %v", OwnedConflist, err)
 	}
-	agent := filepath.Join(n.DataDir, "agent")
+	agent := filepath.Join(dataDir, "agent")
 	got := list.Plugins[len(list.Plugins)-1].PodWatch
-	want := map[string]string{"server": "https://127.0.0.1:6443", "caFile": filepath.Join(agent, "server-ca.crt"),
+	want := map[string]string{"server": server, "caFile": filepath.Join(agent, "server-ca.crt"),
 		"certFile": filepath.Join(agent, "client-kubelet.crt"), "keyFile": filepath.Join(agent, "client-kubelet.key")}
 	if !maps.Equal(got, want) {
 		t.Errorf("the installed netready's podWatch is %v, want %v", got, want)

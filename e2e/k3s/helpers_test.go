@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/netready/netready/e2e/testbed"
+	"github.com/netready/netready/internal/logrec"
 )
 
 // netreadyLog is netready's log file on the node (logFile in the owned conflist): a failed
@@ -62,24 +63,8 @@ func waitChain(t *testing.T, n *Node, withNetready bool) []string {
 	}
 }
 
-// logLine is the part of netready's log line the tier reads.
-type logLine struct {
-	Time    time.Time   `json:"time"` // when the line was written: the end of the ADD
-	Verb    string      `json:"verb"`
-	Outcome string      `json:"outcome"`
-	Pod     string      `json:"pod"`
-	TotalMS float64     `json:"total_ms"`
-	Msg     string      `json:"msg"`
-	Code    uint        `json:"code"`  // the CNI error code of a failed verb
-	Error   string      `json:"error"` // what a failed verb returned
-	Probes  []probeLine `json:"probes"`
-}
-
-// probeLine is a probe in netready's log line, with where it came from (config, rule, annotation).
-type probeLine struct {
-	URL    string `json:"url"`
-	Origin string `json:"origin"`
-}
+// logLine is netready's log line, as the plugin writes it.
+type logLine = logrec.Record
 
 // addLines returns netready's ADD lines for pod ("ns/name") in the tier's log.
 func addLines(t *testing.T, n *Node, pod string) []logLine {

@@ -43,6 +43,9 @@ type hostState struct {
 	Netns       []string          `json:"netns"`       // /run/netns entries before
 	CgroupsPre  []string          `json:"cgroups_pre"` // top-level cgroup dirs before
 	Hierarchies []string          `json:"hierarchies"` // cgroup hierarchies seen
+	// AgentCgroups are the top-level cgroups (a name, in every hierarchy) made as a K3s
+	// agent's kubelet --cgroup-root (StartAgent); recorded before they are made.
+	AgentCgroups []string `json:"agent_cgroups,omitempty"`
 }
 
 func (s *hostState) save() error {
@@ -232,7 +235,7 @@ func newCgroups(s *hostState) []string {
 		entries, _ := os.ReadDir(h)
 		for _, e := range entries {
 			p := filepath.Join(h, e.Name())
-			if e.IsDir() && !slices.Contains(s.CgroupsPre, p) && (strings.HasPrefix(e.Name(), "kubepods") || e.Name() == "k3s") {
+			if e.IsDir() && !slices.Contains(s.CgroupsPre, p) && (strings.HasPrefix(e.Name(), "kubepods") || e.Name() == "k3s" || slices.Contains(s.AgentCgroups, e.Name())) {
 				out = append(out, p)
 			}
 		}
@@ -256,11 +259,13 @@ func cgroupHierarchies() []string {
 }
 
 // leftoverProcs are the processes of K3s's containerd and pods: the shims (their command line
-// names /run/k3s/containerd, or the run's dir) and every process in the kubelet's cgroups.
+// names /run/k3s/containerd, or the run's dir), every process whose executable is in the run's
+// dir (an agent's shims and CNI plugins, in the agent's mount namespace) and every process in the
+// kubelets' cgroups.
 func leftoverProcs(s *hostState) []int {
 	pids := testbed.Pids(func(_ int, dir string) bool {
 		c := testbed.ProcCmdline(dir)
-		return strings.Contains(c, "/run/k3s/containerd") || (s.Dir != "" && strings.Contains(c, s.Dir))
+		return strings.Contains(c, "/run/k3s/containerd") || (s.Dir != "" && (strings.Contains(c, s.Dir) || strings.HasPrefix(testbed.ProcExe(dir), s.Dir+"/")))
 	})
 	for _, cg := range newCgroups(s) {
 		filepath.WalkDir(cg, func(path string, d os.DirEntry, err error) error {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/netready/netready/e2e/testbed"
+	"github.com/netready/netready/internal/logrec"
 )
 
 // huntEnv turns on TestHunt: "1" runs every condition, or a comma-separated list of names
@@ -105,14 +106,7 @@ func TestHunt(t *testing.T) {
 	on := func(name string) bool {
 		return sel == "1" || slices.Contains(strings.Split(sel, ","), name)
 	}
-	count := 10
-	if s := os.Getenv(huntNEnv); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 1 {
-			t.Fatalf("%s=%q: want a positive number of pods", huntNEnv, s)
-		}
-		count = v
-	}
+	count := huntCount(t)
 	ctx := t.Context()
 	record := func(t *testing.T, key string, s huntSummary) {
 		figures.SetIn("hunt", key, s)
@@ -132,16 +126,7 @@ func TestHunt(t *testing.T) {
 	if on("netpol") {
 		t.Run("netpol", func(t *testing.T) {
 			const ns = "hunt-netpol"
-			if err := n.CreateNamespace(ctx, ns); err != nil {
-				t.Fatal(err)
-			}
-			for _, p := range huntPolicies() {
-				if err := n.API.Do(ctx, "POST", "/apis/networking.k8s.io/v1/namespaces/"+ns+"/networkpolicies", p, nil); err != nil {
-					t.Fatalf("creating a NetworkPolicy: %v", err)
-				}
-			}
-			// kube-router picks policies up from its informer; give it a full second.
-			time.Sleep(3 * time.Second)
+			applyHuntPolicies(t, n, ns)
 			s := huntSummaryOf(t, n, ns, count, 1, PodSpec{})
 			s.Notes = "default-deny (Ingress, Egress) + allow egress to 198.51.100.0/24 TCP 5432"
 			record(t, "netpol", s)
@@ -180,7 +165,7 @@ func TestHunt(t *testing.T) {
 	}
 	if on("firewalld-iptables") {
 		t.Run("firewalld-iptables", func(t *testing.T) {
-			chain := firewalldIptablesFirst(t, n)
+			chain := firewalldIptablesFirst(t, n.Bed.Node, n.Restart)
 			figures.SetIn("hunt", "firewalld_iptables_forward_chain", chain)
 			t.Logf("FORWARD after K3s started on top of firewalld's rules:\n%s", strings.Join(chain, "\n"))
 
@@ -214,6 +199,22 @@ func TestHunt(t *testing.T) {
 	}
 }
 
+// applyHuntPolicies makes namespace ns with huntPolicies and waits for kube-router to take them.
+func applyHuntPolicies(t *testing.T, n *Node, ns string) {
+	t.Helper()
+	ctx := t.Context()
+	if err := n.CreateNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range huntPolicies() {
+		if err := n.API.Do(ctx, "POST", "/apis/networking.k8s.io/v1/namespaces/"+ns+"/networkpolicies", p, nil); err != nil {
+			t.Fatalf("creating a NetworkPolicy: %v", err)
+		}
+	}
+	// kube-router picks policies up from its informer; give it a full second.
+	time.Sleep(3 * time.Second)
+}
+
 // huntPolicies are a default-deny policy (ingress and egress) and one allowing egress to the db.
 func huntPolicies() []string {
 	return []string{
@@ -223,14 +224,14 @@ func huntPolicies() []string {
 	}
 }
 
-// firewalldIptablesFirst gives the node netns firewalld's iptables FORWARD rules as on a host
-// where firewalld started before K3s: FORWARD is emptied, firewalld's rules appended, K3s
-// restarted so that flannel, kube-router and kube-proxy add their jumps to it as they do at
-// boot. It returns FORWARD once all three are there. Cleanup deletes firewalld's rules only.
-func firewalldIptablesFirst(t *testing.T, n *Node) []string {
+// firewalldIptablesFirst gives a node netns firewalld's iptables FORWARD rules as on a host
+// where firewalld started before K3s: FORWARD is emptied, firewalld's rules appended, the node's
+// K3s restarted (restart: Node.Restart, Agent.Restart) so that flannel, kube-router and
+// kube-proxy add their jumps to it as they do at boot. It returns FORWARD once all three are
+// there. Cleanup deletes firewalld's rules only.
+func firewalldIptablesFirst(t *testing.T, node *testbed.Netns, restart func(context.Context) error) []string {
 	t.Helper()
 	ctx := t.Context()
-	node := n.Bed.Node
 	if _, err := node.Exec(ctx, "iptables", "-F", "FORWARD"); err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +239,7 @@ func firewalldIptablesFirst(t *testing.T, n *Node) []string {
 	if _, err := node.ExecInput(ctx, firewalldIptablesBase(), "iptables-restore", "--noflush"); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.Restart(ctx); err != nil {
+	if err := restart(ctx); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(2 * time.Minute)
@@ -281,6 +282,20 @@ func removeFirewalldIptables(t *testing.T, node *testbed.Netns) {
 			return
 		}
 	}
+}
+
+// huntCount is the number of pods per hunt condition: E2E_K3S_HUNT_N, default 10.
+func huntCount(t *testing.T) int {
+	t.Helper()
+	s := os.Getenv(huntNEnv)
+	if s == "" {
+		return 10
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil || v < 1 {
+		t.Fatalf("%s=%q: want a positive number of pods", huntNEnv, s)
+	}
+	return v
 }
 
 // huntSummaryOf runs count pods of spec in namespace ns, inFlight of them at once (1: one at a
@@ -361,7 +376,7 @@ func runHuntPod(ctx context.Context, n *Node, p PodSpec) (huntPod, error) {
 // condition where the path opens only once kube-router has seen the pod's IP (which the
 // kubelet publishes after the ADD returns), the ADD cannot pass. It reports what happened
 // within observe: ADD outcomes from netready's log (also returned), and whether the pods ran.
-func huntNetready(t *testing.T, n *Node, ns string, observe time.Duration) (huntSummary, map[string]int, []logLine) {
+func huntNetready(t *testing.T, n *Node, ns string, observe time.Duration) (huntSummary, map[logrec.Outcome]int, []logLine) {
 	t.Helper()
 	ctx := t.Context()
 	if err := n.CreateNamespace(ctx, ns); err != nil {
@@ -380,7 +395,7 @@ func huntNetready(t *testing.T, n *Node, ns string, observe time.Duration) (hunt
 	time.Sleep(observe)
 	var per []huntPod
 	var lines []logLine
-	outcomes := map[string]int{}
+	outcomes := map[logrec.Outcome]int{}
 	for _, name := range names {
 		for _, l := range addLines(t, n, ns+"/"+name) {
 			outcomes[l.Outcome]++

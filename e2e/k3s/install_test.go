@@ -271,7 +271,7 @@ func TestDaemonSet(t *testing.T) {
 	}
 	chain := waitChain(t, n, true)
 	t.Logf("agent pod running (hostNetwork); containerd's chain %v %v after kubectl apply, K3s not restarted", chain, time.Since(applied).Round(100*time.Millisecond))
-	checkDefaultPodWatch(t, n) // the agent filled it from the node's kubelet.kubeconfig
+	checkDefaultPodWatch(t, n.CNIConfDir(), n.DataDir, "https://127.0.0.1:6443") // the agent filled it from the node's kubelet.kubeconfig
 
 	runPod := func(name string) {
 		t.Helper()

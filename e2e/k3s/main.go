@@ -126,6 +126,7 @@ func (n *Node) Close() error {
 		}
 		n.Crictl(ctx, "rmp", "-af")
 		cancel()
+		errs = append(errs, n.agent.Close()) // before the server: it deletes its Node object
 		n.stop(30 * time.Second)
 	}
 	if dst := os.Getenv(LogsEnv); dst != "" {

@@ -57,6 +57,7 @@ type Node struct {
 	state   *hostState
 	lock    *os.File
 	closed  bool
+	agent   *Agent // StartAgent's, until its Close
 }
 
 // CNIBinDir is where containerd finds the CNI plugins (K3s sets it from where host-local is in PATH).
@@ -76,14 +77,17 @@ func (n *Node) binDir() string { return filepath.Join(n.DataDir, "data", "curren
 // layout lays out the data dir as the stock k3s wrapper would (shared/k3s/README.md): the
 // multi-call binary and its role links, shim, runc, the CNI plugins, the images and the
 // containerd template that adds restrict_oom_score_adj (no CAP_SYS_RESOURCE on this machine).
-func (n *Node) layout() error {
-	if !n.Dist.Stock {
-		hash := filepath.Join(n.DataDir, "data", "f08deaf8-local")
+func (n *Node) layout() error { return layoutDataDir(n.Dist, n.DataDir, n.Tools) }
+
+// layoutDataDir lays out a data dir (a server's or an agent's) as layout says.
+func layoutDataDir(dist *Dist, dataDir, tools string) error {
+	if !dist.Stock {
+		hash := filepath.Join(dataDir, "data", "f08deaf8-local")
 		bin := filepath.Join(hash, "bin")
 		if err := os.MkdirAll(bin, 0o755); err != nil {
 			return err
 		}
-		for src, dst := range map[string]string{n.Dist.K3s: "k3s", n.Dist.Shim: "containerd-shim-runc-v2", n.Dist.Runc: "runc"} {
+		for src, dst := range map[string]string{dist.K3s: "k3s", dist.Shim: "containerd-shim-runc-v2", dist.Runc: "runc"} {
 			if err := linkOrCopy(src, filepath.Join(bin, dst)); err != nil {
 				return err
 			}
@@ -93,38 +97,38 @@ func (n *Node) layout() error {
 				return err
 			}
 		}
-		if err := os.Symlink(hash, filepath.Join(n.DataDir, "data", "current")); err != nil {
+		if err := os.Symlink(hash, filepath.Join(dataDir, "data", "current")); err != nil {
 			return err
 		}
-		cni := n.CNIBinDir()
+		cni := filepath.Join(dataDir, "data", "cni")
 		if err := os.MkdirAll(cni, 0o755); err != nil {
 			return err
 		}
-		entries, err := os.ReadDir(n.Dist.CNI)
+		entries, err := os.ReadDir(dist.CNI)
 		if err != nil {
 			return err
 		}
 		for _, e := range entries {
-			if err := linkOrCopy(filepath.Join(n.Dist.CNI, e.Name()), filepath.Join(cni, e.Name())); err != nil {
+			if err := linkOrCopy(filepath.Join(dist.CNI, e.Name()), filepath.Join(cni, e.Name())); err != nil {
 				return err
 			}
 		}
 	}
-	images := filepath.Join(n.DataDir, "agent", "images")
+	images := filepath.Join(dataDir, "agent", "images")
 	if err := os.MkdirAll(images, 0o755); err != nil {
 		return err
 	}
 	for _, img := range []ociimage.Image{PauseImage, AppImage} {
 		name := strings.NewReplacer("/", "_", ":", "_").Replace(img.Name) + ".tar"
-		if err := ociimage.WriteFile(filepath.Join(images, name), img, n.Tools); err != nil {
+		if err := ociimage.WriteFile(filepath.Join(images, name), img, tools); err != nil {
 			return err
 		}
 	}
-	tmpl := filepath.Join(n.DataDir, "agent", "etc", "containerd", "config-v3.toml.tmpl")
+	tmpl := filepath.Join(dataDir, "agent", "etc", "containerd", "config-v3.toml.tmpl")
 	if err := os.MkdirAll(filepath.Dir(tmpl), 0o755); err != nil {
 		return err
 	}
-	return os.WriteFile(tmpl, []byte(containerdTemplate(n.DataDir)), 0o644)
+	return os.WriteFile(tmpl, []byte(containerdTemplate(dataDir)), 0o644)
 }
 
 // containerdTemplate is the config.toml K3s generates for this node plus restrict_oom_score_adj,
@@ -362,8 +366,12 @@ func (n *Node) KubectlInput(ctx context.Context, stdin string, args ...string) (
 
 // Crictl runs `k3s crictl` against K3s's containerd.
 func (n *Node) Crictl(ctx context.Context, args ...string) (string, error) {
-	full := append([]string{"--runtime-endpoint", "unix://" + containerdS}, args...)
-	cmd := exec.CommandContext(ctx, filepath.Join(n.binDir(), "crictl"), full...)
+	return crictl(ctx, filepath.Join(n.binDir(), "crictl"), containerdS, args...)
+}
+
+func crictl(ctx context.Context, bin, socket string, args ...string) (string, error) {
+	full := append([]string{"--runtime-endpoint", "unix://" + socket}, args...)
+	cmd := exec.CommandContext(ctx, bin, full...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

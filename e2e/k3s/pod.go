@@ -16,6 +16,7 @@ type PodSpec struct {
 	InitLoop        bool     // an init container waits for the db first (`until nc -z -w1; do sleep 1; done`)
 	AppArgs         []string // extra flags of the app
 	Sleep           bool     // the app stays up after connecting (the pod stays Running)
+	NodeName        string   // bind the pod to this node (no scheduling); "" lets the scheduler choose
 }
 
 // Manifest is the pod as JSON for `kubectl apply -f -`.
@@ -30,6 +31,9 @@ func (p PodSpec) Manifest() string {
 		"terminationGracePeriodSeconds": 1,
 		"enableServiceLinks":            false,
 		"containers":                    []any{app},
+	}
+	if p.NodeName != "" {
+		spec["nodeName"] = p.NodeName
 	}
 	if p.InitLoop {
 		spec["initContainers"] = []any{map[string]any{

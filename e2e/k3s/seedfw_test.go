@@ -25,7 +25,7 @@ func TestSeedFirewalld(t *testing.T) {
 	n := need(t)
 	count, inFlight := seedSizes(t)
 	began := time.Now()
-	chain := firewalldIptablesFirst(t, n)
+	chain := firewalldIptablesFirst(t, n.Bed.Node, n.Restart)
 	t.Logf("K3s restarted on top of firewalld's rules in %.1f s; FORWARD:\n%s", time.Since(began).Seconds(), strings.Join(chain, "\n"))
 	figures.SetIn("seed_firewalld", "forward_chain", chain)
 	// The reproduction rests on this order; a K3s that inserts flannel's accept, or a firewalld

@@ -161,3 +161,58 @@ func TestRenderManifest(t *testing.T) {
 		t.Errorf("a manifest without the pull policy to edit: err %v, want one naming the pull policy", err)
 	}
 }
+
+// The agent gets its own dir for every fixed host path a K3s node writes, each distinct and in
+// its own dir, and its kubelet its own cgroup root.
+func TestAgentLayout(t *testing.T) {
+	a := &Agent{Dir: "/tmp/nr-1-k3s-x/agent", DataDir: "/tmp/nr-1-k3s-x/agent/data", CgroupName: "nr-1-k3s-agent"}
+	for _, p := range []string{kubeletDir, runK3s, runFlannel, "/run/containerd", varLibCNI, etcRancher, logPods, logCtrs, netnsDir} {
+		if !slices.Contains(agentHostPaths, p) {
+			t.Errorf("%s is not the agent's own: the server and the agent would share it", p)
+		}
+	}
+	seen := map[string]string{}
+	for _, p := range agentHostPaths {
+		h := a.HostPath(p)
+		if !strings.HasPrefix(h, a.Dir+"/host/") {
+			t.Errorf("HostPath(%s) = %s, want it under %s/host", p, h, a.Dir)
+		}
+		if other, ok := seen[h]; ok {
+			t.Errorf("HostPath(%s) = HostPath(%s) = %s", p, other, h)
+		}
+		seen[h] = p
+	}
+	if got, want := a.SubnetEnv(), a.HostPath(runFlannel)+"/subnet.env"; got != want {
+		t.Errorf("SubnetEnv() = %s, want %s", got, want)
+	}
+	args := strings.Join(a.args("/tok"), " ")
+	for _, want := range []string{"agent ", "--server https://" + testbed.NodeUplink.String() + ":6443", "--token-file /tok",
+		"--node-ip " + testbed.Node2Uplink.String(), "--kubelet-arg cgroup-root=/nr-1-k3s-agent", "--data-dir " + a.DataDir} {
+		if !strings.Contains(args, want) {
+			t.Errorf("agent args %q lack %q", args, want)
+		}
+	}
+}
+
+func TestFlannelSubnet(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct{ name, content, want, wantErr string }{
+		{"agent", "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.1.1/24\nFLANNEL_MTU=1450\n", "10.42.1.0/24", ""},
+		{"none", "FLANNEL_NETWORK=10.42.0.0/16\n", "", "no FLANNEL_SUBNET"},
+		{"bad", "FLANNEL_SUBNET=10.42.1.1\n", "", "netip.ParsePrefix"},
+	} {
+		p := filepath.Join(dir, c.name)
+		if err := os.WriteFile(p, []byte(c.content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		got, err := flannelSubnet(p)
+		switch {
+		case c.wantErr != "":
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("%s: err %v, want one saying %q", c.name, err, c.wantErr)
+			}
+		case err != nil || got.String() != c.want:
+			t.Errorf("%s: %v, %v; want %s", c.name, got, err, c.want)
+		}
+	}
+}

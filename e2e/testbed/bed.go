@@ -38,6 +38,11 @@ var (
 	UplinkNet6    = netip.MustParsePrefix("2001:db8:1::/64")
 	DBNet6        = netip.MustParsePrefix("2001:db8:2::/64")
 
+	// A second node (AddNode) is on its own link to the router, in RFC 5737's third range.
+	Node2Uplink   = netip.MustParseAddr("203.0.113.2") // node2's "uplink"
+	RouterUplink2 = netip.MustParseAddr("203.0.113.1") // router's "to-node2": node2's default gateway
+	Uplink2Net    = netip.MustParsePrefix("203.0.113.0/24")
+
 	ClusterCIDR  = netip.MustParsePrefix("10.42.0.0/16") // FLANNEL_NETWORK
 	PodCIDR      = netip.MustParsePrefix("10.42.0.0/24") // FLANNEL_SUBNET
 	PodGateway   = netip.MustParseAddr("10.42.0.1")      // cni0, set by the bridge plugin
@@ -85,6 +90,7 @@ type Bed struct {
 	BinDir string // CNI_PATH
 
 	Node, Router, DB *Netns
+	Node2            *Netns // nil until AddNode
 
 	SubnetEnv  string // flannel's subnet.env
 	CacheDir   string // libcni's cache (results, for CHECK/DEL/GC)
@@ -250,6 +256,52 @@ func (b *Bed) wire(ctx context.Context) error {
 	return nil
 }
 
+// AddNode adds a second node netns (<prefix>-node2) for a second K3s node: its "uplink"
+// (203.0.113.2/24) is a veth to the router's "to-node2" (203.0.113.1), its default route goes via
+// the router, forwarding is on. The router routes between the two nodes' uplinks (both directly
+// connected), so the nodes reach each other (flannel's VXLAN) and node2 reaches the db; the
+// cluster CIDR stays routed to the first node (a second node's pods leave it SNATed to its
+// uplink address, as flannel masquerades traffic that leaves the cluster). IPv4 only. The bed's
+// own topology is unchanged; Close removes node2 with the rest.
+func (b *Bed) AddNode(ctx context.Context) (*Netns, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, errors.New("testbed: AddNode on a closed bed")
+	}
+	if b.Node2 != nil {
+		return nil, errors.New("testbed: the bed already has a second node")
+	}
+	n, err := newNetns(ctx, b.Prefix+"-node2")
+	if err != nil {
+		return nil, err
+	}
+	b.Node2 = n
+	for key, value := range map[string]string{"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/accept_dad": "0", "net/ipv6/conf/default/accept_dad": "0"} {
+		if err := n.Sysctl(key, value); err != nil {
+			return nil, err
+		}
+	}
+	router := b.Router
+	for _, s := range []struct {
+		ns   *Netns
+		args []string
+	}{
+		{n, []string{"link", "set", "lo", "up"}},
+		{n, []string{"link", "add", "uplink", "type", "veth", "peer", "name", "to-node2", "netns", router.Name}},
+		{n, addr(Node2Uplink, Uplink2Net, "uplink")},
+		{router, addr(RouterUplink2, Uplink2Net, "to-node2")},
+		{n, []string{"link", "set", "uplink", "up"}},
+		{router, []string{"link", "set", "to-node2", "up"}},
+		{n, []string{"route", "add", "default", "via", RouterUplink2.String()}},
+	} {
+		if _, err := s.ns.IP(ctx, s.args...); err != nil {
+			return nil, fmt.Errorf("testbed: wiring %s: %w", n.Name, err)
+		}
+	}
+	return n, nil
+}
+
 func addr(a netip.Addr, net netip.Prefix, dev string) []string {
 	args := []string{"addr", "add", netip.PrefixFrom(a, net.Bits()).String(), "dev", dev}
 	if a.Is6() {
@@ -279,7 +331,7 @@ func (b *Bed) Close() error {
 	for _, p := range pods {
 		errs = append(errs, p.Netns.remove())
 	}
-	for _, n := range []*Netns{b.DB, b.Router, b.Node} {
+	for _, n := range []*Netns{b.Node2, b.DB, b.Router, b.Node} {
 		if n != nil {
 			errs = append(errs, n.remove())
 		}

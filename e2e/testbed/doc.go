@@ -13,6 +13,9 @@
 //     IPv4 and IPv6 forwarding on.
 //   - router: routes the cluster CIDR (10.42.0.0/16, fd42::/56) to the node's uplink, so no NAT
 //     is needed. Forwarding on. Faults are installed here (nft) or on the node (routes).
+//   - node2 (only after AddNode): a second node for a second K3s, "uplink" 203.0.113.2 on its own
+//     veth to the router's "to-node2" 203.0.113.1; default route via the router. The router
+//     routes between the two uplinks, so the nodes reach each other and the db.
 //   - db: the egress target, default route via the router. Go servers listen there: TCP on
 //     5432 (accept and close), HTTP on 80 (200 on /healthz), DNS on UDP 53 (A/AAAA for any
 //     name). ICMP echo is answered by the kernel.

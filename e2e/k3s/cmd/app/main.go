@@ -4,6 +4,8 @@
 //	app [flags]          the application: connect at once; after a failure retry every -retry
 //	app -init [flags]    an init container's wait loop: `until nc -z -w1 DB PORT; do sleep 1; done`
 //	app -sleep           then stay up (so that the pod stays Running) until SIGTERM
+//	app -listen ADDR     a server instead: accept TCP connections on ADDR until SIGTERM, closing
+//	                     each at once and printing {"role":"listen","peer":...} for it
 //
 // Each attempt is a fresh socket with its own -timeout. The app's timeout (500 ms) is below the
 // kernel's 1 s SYN retransmission, so an attempt whose SYN was dropped fails instead of racing
@@ -40,7 +42,12 @@ func main() {
 	deadline := flag.Duration("deadline", 2*time.Minute, "give up after this long")
 	initLoop := flag.Bool("init", false, "be the init container's loop (sets -timeout 1s -retry 1s)")
 	sleep := flag.Bool("sleep", false, "after connecting, stay up until SIGTERM")
+	listen := flag.String("listen", "", "accept connections on this address instead (until SIGTERM)")
 	flag.Parse()
+	if *listen != "" {
+		serve(*listen)
+		return
+	}
 	if *initLoop {
 		*timeout, *retry = time.Second, time.Second
 	}
@@ -74,5 +81,30 @@ func main() {
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 		<-sig
+	}
+}
+
+// serve accepts on addr and reports each peer, so that a test sees the address a connection
+// came from (a pod's own IP across the overlay, or a node's after SNAT).
+func serve(addr string) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	go func() {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+		<-sig
+		os.Exit(0)
+	}()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			continue
+		}
+		line, _ := json.Marshal(map[string]any{"role": "listen", "peer": c.RemoteAddr().String(), "at_ns": time.Now().UnixNano()})
+		c.Close()
+		fmt.Println(string(line))
 	}
 }
