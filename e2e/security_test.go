@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -24,6 +25,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netready/netready/e2e/testbed"
+	"github.com/netready/netready/pkg/coord"
+	"github.com/netready/netready/pkg/podcheck"
 )
 
 // TestSecurityNoSideEffects: netready's ADD, CHECK and DEL change nothing in the pod or on the
@@ -83,8 +86,12 @@ func TestSecurityNoSideEffects(t *testing.T) {
 
 	writes := watch.stop()
 	sawLog := false
+	// The one other place netready may write: the node's coordination dir (pkg/coord), when the
+	// quick first round left a probe unmet and the gate shares it with the node's other ADDs; on a
+	// loaded machine seven probes over two families can take longer than that round.
+	coordDir := cmp.Or(os.Getenv(podcheck.RunDirEnv), coord.DefaultDir) + string(filepath.Separator)
 	for _, w := range writes {
-		if w.path != logFile {
+		if w.path != logFile && !strings.HasPrefix(w.path, coordDir) {
 			t.Errorf("netready (pid %d) wrote %s (%s)", w.pid, w.path, w.what)
 		}
 		sawLog = sawLog || w.path == logFile
