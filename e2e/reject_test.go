@@ -2,13 +2,9 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/netready/netready/e2e/testbed"
 	"github.com/netready/netready/internal/logrec"
@@ -77,19 +73,7 @@ func TestNetreadyFirewallReject(t *testing.T) {
 			pod := newPod(t, b)
 			tc.block(ctx, t, b)
 
-			start := time.Now()
-			_, err := b.Add(ctx, list, pod)
-			took := time.Since(start)
-			t.Logf("ADD took %v: %v", took, err)
-			var e *types.Error
-			switch {
-			case err == nil:
-				t.Fatalf("ADD succeeded through a blocked path")
-			case !errors.As(err, &e):
-				t.Fatalf("ADD error %T %v, want a *types.Error", err, err)
-			case e.Code != types.ErrTryAgainLater:
-				t.Errorf("ADD error code %d, want %d (try again later)", e.Code, types.ErrTryAgainLater)
-			}
+			e, _ := addTryAgain(ctx, t, b, list, pod, "a blocked path")
 			rest := e.Msg
 			for _, w := range tc.want {
 				i := strings.Index(rest, w)

@@ -136,6 +136,27 @@ func tier1CNIError(err error) *types.Error {
 	return nil
 }
 
+// addTryAgain runs ADD of pod through list where it cannot pass (why, for the message): the
+// ADD must fail with a CNI error of code 11 (try again later), which it returns with how long
+// the ADD took.
+func addTryAgain(ctx context.Context, t *testing.T, b *testbed.Bed, list *libcni.NetworkConfigList, pod *testbed.Pod, why string) (*types.Error, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	_, err := b.Add(ctx, list, pod)
+	took := time.Since(start)
+	t.Logf("ADD took %v: %v", took, err)
+	e := tier1CNIError(err)
+	switch {
+	case err == nil:
+		t.Fatalf("ADD succeeded through %s", why)
+	case e == nil:
+		t.Fatalf("ADD error %T %v, want a *types.Error", err, err)
+	case e.Code != types.ErrTryAgainLater:
+		t.Errorf("ADD error code %d, want %d (try again later)", e.Code, types.ErrTryAgainLater)
+	}
+	return e, took
+}
+
 // tier1Serve accepts connections on l (a listener made inside some netns) until the test ends,
 // writes greeting and a newline to each and closes it. The channel receives each peer's address
 // (dropped when nobody reads).

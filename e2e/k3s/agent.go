@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -168,42 +167,25 @@ func (a *Agent) start() error {
 	if _, err := os.Stat(token); err != nil {
 		return fmt.Errorf("the server's join token: %w", err)
 	}
-	logf, err := os.OpenFile(a.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
 	args := []string{"--net=" + a.Netns.Path, "unshare", "--mount", "--propagation", "private", "sh", "-c", agentScript, "sh"}
 	for _, p := range agentHostPaths {
 		args = append(args, a.HostPath(p), p)
 	}
 	args = append(append(args, "--", k3s), a.args(token)...)
 	cmd := exec.Command("nsenter", args...)
-	runDir := filepath.Join(a.Dir, "netready-run")
-	if err := os.MkdirAll(runDir, 0o700); err != nil {
-		return err
+	var err error
+	a.started, a.exited, err = n.startK3s(cmd, "the k3s agent", a.Log, a.Dir, a.CNIBinDir()+":"+a.binDir())
+	if !a.started.IsZero() { // started, if not recorded
+		a.cmd = cmd
 	}
-	cmd.Env = append(os.Environ(), "PATH="+a.CNIBinDir()+":"+a.binDir()+":"+os.Getenv("PATH"), "NETREADY_RUN_DIR="+runDir)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	a.started = time.Now()
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting the k3s agent: %w", err)
-	}
-	a.cmd = cmd
-	a.exited = make(chan struct{})
-	go func() { cmd.Wait(); close(a.exited) }()
-	n.state.K3sPIDs = append(n.state.K3sPIDs, cmd.Process.Pid)
-	return n.state.save()
+	return err
 }
 
 func (a *Agent) waitReady(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	api := a.Server.API
-	steps := []struct {
-		what string
-		ok   func() error
-	}{
+	steps := []startStep{
 		{"the agent's flannel subnet.env (" + a.SubnetEnv() + ")", func() error {
 			fi, err := os.Stat(a.SubnetEnv())
 			if err == nil && fi.ModTime().Before(a.started) {
@@ -227,30 +209,9 @@ func (a *Agent) waitReady(ctx context.Context, timeout time.Duration) error {
 			}
 			return fmt.Errorf("conditions %+v", node.Status.Conditions)
 		}},
-		{"kube-router's network policy controller on the agent (KUBE-ROUTER-FORWARD)", func() error {
-			out, err := a.Netns.Exec(ctx, "iptables", "-S", "FORWARD")
-			if err == nil && !strings.Contains(string(out), "KUBE-ROUTER-FORWARD") {
-				err = errors.New("not yet")
-			}
-			return err
-		}},
+		kubeRouterStarted(ctx, "kube-router's network policy controller on the agent (KUBE-ROUTER-FORWARD)", a.Netns),
 	}
-	for _, s := range steps {
-		for {
-			last := s.ok()
-			if last == nil {
-				break
-			}
-			select {
-			case <-a.exited:
-				return fmt.Errorf("the k3s agent exited while waiting for %s; its log: %s\n%s", s.what, a.Log, tail(a.Log, 30))
-			case <-ctx.Done():
-				return fmt.Errorf("waiting for %s: not there %v after the agent started (last: %v); its log: %s\n%s", s.what, time.Since(a.started).Round(time.Second), last, a.Log, tail(a.Log, 30))
-			case <-time.After(200 * time.Millisecond):
-			}
-		}
-	}
-	return nil
+	return waitSteps(ctx, "the k3s agent", steps, a.exited, a.started, a.Log)
 }
 
 // Exited is closed when the agent's k3s has exited.
@@ -366,18 +327,7 @@ func (a *Agent) leftoverProcs() []int {
 		return strings.HasPrefix(testbed.ProcExe(dir), a.Dir+"/")
 	})
 	for _, h := range cgroupHierarchies() {
-		filepath.WalkDir(filepath.Join(h, a.CgroupName), func(path string, d os.DirEntry, err error) error {
-			if err != nil || !d.IsDir() {
-				return nil
-			}
-			b, _ := os.ReadFile(filepath.Join(path, "cgroup.procs"))
-			for _, f := range strings.Fields(string(b)) {
-				if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
-					pids = append(pids, pid)
-				}
-			}
-			return nil
-		})
+		pids = append(pids, cgroupPids(filepath.Join(h, a.CgroupName))...)
 	}
 	slices.Sort(pids)
 	return slices.Compact(pids)

@@ -268,21 +268,28 @@ func leftoverProcs(s *hostState) []int {
 		return strings.Contains(c, "/run/k3s/containerd") || (s.Dir != "" && (strings.Contains(c, s.Dir) || strings.HasPrefix(testbed.ProcExe(dir), s.Dir+"/")))
 	})
 	for _, cg := range newCgroups(s) {
-		filepath.WalkDir(cg, func(path string, d os.DirEntry, err error) error {
-			if err != nil || !d.IsDir() {
-				return nil
-			}
-			b, _ := os.ReadFile(filepath.Join(path, "cgroup.procs"))
-			for _, f := range strings.Fields(string(b)) {
-				if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
-					pids = append(pids, pid)
-				}
-			}
-			return nil
-		})
+		pids = append(pids, cgroupPids(cg)...)
 	}
 	slices.Sort(pids)
 	return slices.Compact(pids)
+}
+
+// cgroupPids lists the processes in the cgroup dir and the cgroups below it, this one left out.
+func cgroupPids(dir string) []int {
+	var pids []int
+	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		b, _ := os.ReadFile(filepath.Join(path, "cgroup.procs"))
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
+				pids = append(pids, pid)
+			}
+		}
+		return nil
+	})
+	return pids
 }
 
 func removeCgroupTree(top string) error {

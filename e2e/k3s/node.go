@@ -214,29 +214,39 @@ func (n *Node) start() error {
 	if n.Dist.Stock {
 		k3s = n.Dist.K3s
 	}
-	logf, err := os.OpenFile(n.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	cmd := exec.Command("nsenter", append([]string{"--net=" + n.Bed.Node.Path, k3s}, n.serverArgs()...)...)
+	var err error
+	n.started, n.exited, err = n.startK3s(cmd, "k3s", n.Log, n.Dir, n.CNIBinDir()+":"+n.binDir())
+	if !n.started.IsZero() { // started, if not recorded
+		n.cmd = cmd
+	}
+	return err
+}
+
+// startK3s starts cmd, a k3s called who, with its output appended to log, path before the
+// host's PATH and netready's coordination files under dir (containerd passes its environment
+// on to CNI plugins: they go into the run's dir, not the host's /run/netready), and records its
+// PID in the state file. It returns when it started and a channel closed once it has exited.
+func (n *Node) startK3s(cmd *exec.Cmd, who, log, dir, path string) (time.Time, chan struct{}, error) {
+	logf, err := os.OpenFile(log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return err
+		return time.Time{}, nil, err
 	}
 	defer logf.Close()
-	cmd := exec.Command("nsenter", append([]string{"--net=" + n.Bed.Node.Path, k3s}, n.serverArgs()...)...)
-	// containerd passes its environment on to CNI plugins: netready's coordination files go
-	// into the run's dir, not the host's /run/netready.
-	runDir := filepath.Join(n.Dir, "netready-run")
+	runDir := filepath.Join(dir, "netready-run")
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
-		return err
+		return time.Time{}, nil, err
 	}
-	cmd.Env = append(os.Environ(), "PATH="+n.CNIBinDir()+":"+n.binDir()+":"+os.Getenv("PATH"), "NETREADY_RUN_DIR="+runDir)
+	cmd.Env = append(os.Environ(), "PATH="+path+":"+os.Getenv("PATH"), "NETREADY_RUN_DIR="+runDir)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	n.started = time.Now()
+	started := time.Now()
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting k3s: %w", err)
+		return time.Time{}, nil, fmt.Errorf("starting %s: %w", who, err)
 	}
-	n.cmd = cmd
-	n.exited = make(chan struct{})
-	go func() { cmd.Wait(); close(n.exited) }()
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
 	n.state.K3sPIDs = append(n.state.K3sPIDs, cmd.Process.Pid)
-	return n.state.save()
+	return started, exited, n.state.save()
 }
 
 // waitReady waits until flannel wrote a fresh subnet.env, the node is Ready and the default
@@ -244,10 +254,7 @@ func (n *Node) start() error {
 func (n *Node) waitReady(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	steps := []struct {
-		what string
-		ok   func() error
-	}{
+	steps := []startStep{
 		{"flannel's " + subnetEnv, func() error {
 			fi, err := os.Stat(subnetEnv)
 			if err == nil && fi.ModTime().Before(n.started) {
@@ -290,14 +297,20 @@ func (n *Node) waitReady(ctx context.Context, timeout time.Duration) error {
 		// getting node subnet: failed to get list of links: results may be incomplete", seen
 		// here when 4 pods were created the moment the node was Ready). Its FORWARD jump
 		// appears once it has started.
-		{"kube-router's network policy controller (KUBE-ROUTER-FORWARD in the node's FORWARD)", func() error {
-			out, err := n.Bed.Node.Exec(ctx, "iptables", "-S", "FORWARD")
-			if err == nil && !strings.Contains(string(out), "KUBE-ROUTER-FORWARD") {
-				err = errors.New("not yet")
-			}
-			return err
-		}},
+		kubeRouterStarted(ctx, "kube-router's network policy controller (KUBE-ROUTER-FORWARD in the node's FORWARD)", n.Bed.Node),
 	}
+	return waitSteps(ctx, "k3s", steps, n.exited, n.started, n.Log)
+}
+
+// startStep is one thing a starting K3s has done once ok returns nil.
+type startStep struct {
+	what string
+	ok   func() error
+}
+
+// waitSteps waits for each step in turn, polling every 200 ms, until ctx ends or exited (the
+// k3s named who) is closed; the error names the step and ends with the tail of k3s's log.
+func waitSteps(ctx context.Context, who string, steps []startStep, exited <-chan struct{}, started time.Time, log string) error {
 	for _, s := range steps {
 		for {
 			last := s.ok()
@@ -305,15 +318,27 @@ func (n *Node) waitReady(ctx context.Context, timeout time.Duration) error {
 				break
 			}
 			select {
-			case <-n.exited:
-				return fmt.Errorf("k3s exited while waiting for %s; its log: %s\n%s", s.what, n.Log, tail(n.Log, 30))
+			case <-exited:
+				return fmt.Errorf("%s exited while waiting for %s; its log: %s\n%s", who, s.what, log, tail(log, 30))
 			case <-ctx.Done():
-				return fmt.Errorf("waiting for %s: not there %v after k3s started (last: %v); its log: %s\n%s", s.what, time.Since(n.started).Round(time.Second), last, n.Log, tail(n.Log, 30))
+				return fmt.Errorf("waiting for %s: not there %v after %s started (last: %v); its log: %s\n%s", s.what, time.Since(started).Round(time.Second), who, last, log, tail(log, 30))
 			case <-time.After(200 * time.Millisecond):
 			}
 		}
 	}
 	return nil
+}
+
+// kubeRouterStarted is the step of kube-router's network policy controller having started: its
+// jump in FORWARD of the node netns ns.
+func kubeRouterStarted(ctx context.Context, what string, ns *testbed.Netns) startStep {
+	return startStep{what, func() error {
+		out, err := ns.Exec(ctx, "iptables", "-S", "FORWARD")
+		if err == nil && !strings.Contains(string(out), "KUBE-ROUTER-FORWARD") {
+			err = errors.New("not yet")
+		}
+		return err
+	}}
 }
 
 // stop ends k3s (SIGTERM, SIGKILL after grace) and waits for it.
