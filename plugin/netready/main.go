@@ -4,7 +4,6 @@ package main
 
 import (
 	"os"
-	"runtime"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -23,16 +22,6 @@ func main() {
 	p := &plugin{start: time.Now(), stderr: os.Stderr}
 	if os.Getenv("CNI_COMMAND") == "" {
 		os.Exit(runCLI(os.Args[1:], os.Stdout, os.Stderr))
-	}
-	// One P: a plugin invocation waits on sockets and timers and computes
-	// next to nothing, and with a second P a wake-up can hand work to
-	// another thread. On the 2-core VM this was measured on, one waiting
-	// ADD spent a median 17.7 ms of CPU per second with one P against 23.1
-	// with two (the bench's idle stage, ten alternating pairs, lower in
-	// nine); a ready ADD's own time did not change. The runtime's
-	// GOMAXPROCS variable, when set, still decides.
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(1)
 	}
 	skel.PluginMainFuncs(skel.CNIFuncs{
 		Add:    p.add,
