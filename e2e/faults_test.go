@@ -69,7 +69,13 @@ func TestADDEndsWhenThePodGoesAway(t *testing.T) {
 			torn := make(chan time.Time, 1)
 			tornDown := make(chan error, 1)
 			go func() {
-				time.Sleep(500 * time.Millisecond)
+				// Once netready waits for this pod (past its quick round): on a loaded
+				// host the plugins before it can take longer than any fixed delay, and a
+				// netns removed before netready opens it is a bad CNI_NETNS (code 8).
+				for deadline := time.Now().Add(time.Minute); netreadyPIDs()[pod.ContainerID] == 0 && time.Now().Before(deadline); {
+					time.Sleep(20 * time.Millisecond)
+				}
+				time.Sleep(300 * time.Millisecond)
 				torn <- time.Now()
 				tornDown <- tc.tearDown(ctx, pod)
 			}()
