@@ -182,7 +182,13 @@ func routerCounter(t *testing.T, ctx context.Context, b *testbed.Bed) func() int
 	}
 }
 
+// newPods makes n pods to ADD at once, on a node that already runs a pod (Bed.Resident): on a
+// fresh cni0, concurrent ADDs of the bridge plugin change its MAC under the pods' feet.
 func newPods(t *testing.T, b *testbed.Bed, n int) []*testbed.Pod {
+	t.Helper()
+	if _, err := b.Resident(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
 	pods := make([]*testbed.Pod, n)
 	for i := range pods {
 		pods[i] = newPod(t, b)

@@ -184,6 +184,10 @@ func (m *measurer) blockedRound(list *libcni.NetworkConfigList, fault *testbed.F
 				ready = append(ready, ms(start.Add(time.Duration(last*float64(time.Millisecond))).Sub(o.At)))
 				line = append(line, ms(r.Time.Sub(o.At)))
 				exit = append(exit, ms(back[i].Sub(r.Time)))
+				if back[i].Sub(o.At) > time.Second {
+					fmt.Fprintf(os.Stderr, "slow: %s returned %v after the opening: %+v, notes %q\n",
+						p.Name, back[i].Sub(o.At).Round(time.Millisecond), r.Conditions, r.Notes)
+				}
 			}
 			for _, x := range []struct {
 				what string
