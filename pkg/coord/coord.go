@@ -294,17 +294,19 @@ func (t *Target) Slot() bool {
 	return true
 }
 
-// Answered wakes the followers when this ADD leads (a follower's answer is
-// its own business), then gives up the lead.
+// Answered wakes the others waiting on the target, then gives up the lead
+// if this ADD holds it. The gate calls it for a leader's answer and for a
+// follower's answer to an attempt of its own; a leader whose own path stays
+// closed (a stale neighbour, its namespace's policy) must not keep the
+// others on the followers' slow budget once the target answers someone.
 func (t *Target) Answered() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if !t.leads {
-		return
-	}
 	t.wakeFollowers()
-	unix.Flock(int(t.lead.Fd()), unix.LOCK_UN)
-	t.leads = false
+	if t.leads {
+		unix.Flock(int(t.lead.Fd()), unix.LOCK_UN)
+		t.leads = false
+	}
 }
 
 func (t *Target) wakeFollowers() {

@@ -88,6 +88,13 @@ type Wakeups struct {
 	// NodeChanged wakes the gate when a route, neighbour, link or nftables
 	// ruleset changed in the node netns: every pending probe is tried at once.
 	NodeChanged <-chan struct{}
+	// NodeWanted, if set, is told whether the gate has a use for
+	// NodeChanged: only while a pending probe is probed alone or leads. A
+	// follower's leader follows the node's events for it (and wakes it
+	// through PeerAnswered), so while every pending probe follows, the
+	// watcher can stop waking this process. It is called with false only
+	// after Watch, and with true again when this ADD takes a lead.
+	NodeWanted func(bool)
 
 	// Peers shares the probing of a target with the other ADDs on the node
 	// that wait on it: Peers[i] for conds[i], nil (or a short slice) for a
@@ -118,8 +125,14 @@ type Peer interface {
 	// Slot reports whether a follower may send a slow attempt now: the
 	// followers of a target share a budget of attempts per second.
 	Slot() bool
-	// Answered tells the followers that the target answered this ADD, and
-	// gives up the lead: this ADD probes it no more.
+	// Answered tells the others that the target answered this ADD, and
+	// gives up the lead if this ADD held it: this ADD probes it no more. The
+	// gate calls it for a leader's answer and for a follower's answer to an
+	// attempt of its own (a slot, an event): the leader's path can stay
+	// closed while others' open (a stale neighbour in its netns, a policy
+	// of its namespace), and the others then need not wait for slots. A
+	// follower's answer to the attempt that an announcement woke it for is
+	// not announced again: 110 followers would wake each other 110 times.
 	Answered()
 }
 
@@ -253,6 +266,7 @@ type attempt struct {
 	cond    int
 	cancel  context.CancelFunc
 	dropped bool // closed by the gate to make room, or because its condition is met
+	woken   bool // a follower's attempt on another ADD's announced answer
 }
 
 type result struct {
@@ -285,6 +299,7 @@ type run struct {
 	watchAt  time.Time // when the first round ends and Watch is called
 	watching bool      // Watch was called (or there is none)
 	wake     Wakeups   // what Watch started; zero before
+	nodeOff  bool      // wake.NodeWanted was last told false
 	notes    []string
 }
 
@@ -336,6 +351,7 @@ func (r *run) loop() error {
 		if r.allReady() {
 			return nil
 		}
+		r.wantNode()
 		if !r.watching && !now.Before(r.watchAt) && r.ctx.Err() == nil {
 			if err := r.watch(now); err != nil {
 				return err
@@ -394,6 +410,25 @@ func (r *run) watch(now time.Time) error {
 	return r.evalLocal()
 }
 
+// wantNode tells Watch's NodeWanted whether a pending probe needs the
+// node's events: one probed alone or led by this ADD.
+func (r *run) wantNode() {
+	if r.wake.NodeWanted == nil {
+		return
+	}
+	want := false
+	for i := range r.conds {
+		if p := &r.probes[i]; r.pending(i) && (p.peer == nil || p.leads) {
+			want = true
+			break
+		}
+	}
+	if want == r.nodeOff {
+		r.nodeOff = !want
+		r.wake.NodeWanted(want)
+	}
+}
+
 // evalLocal evaluates every local condition against the pod netns's current
 // state, ready ones too: a link can go down again while the gate waits.
 func (r *run) evalLocal() error {
@@ -444,14 +479,15 @@ func (r *run) launchDue(now time.Time) {
 			if !p.peer.Lead() {
 				// A follower: one attempt now and then, when the
 				// followers' shared budget has room for it. Refused, it
-				// asks again sooner, at a random time: followers that
-				// started together would otherwise all ask within the
-				// same slot, every second, and one would get it.
+				// asks again at a random time around a slow interval:
+				// followers that started together would otherwise all
+				// ask within the same slot, every second, and one would
+				// get it.
 				p.next = now.Add(r.opt.SlowInterval)
 				if p.peer.Slot() {
-					r.launch(i)
+					r.launch(i, false)
 				} else {
-					p.next = now.Add(r.opt.SlowInterval/4 + rand.N(r.opt.SlowInterval*3/4))
+					p.next = now.Add(r.opt.SlowInterval/2 + rand.N(r.opt.SlowInterval))
 				}
 				continue
 			}
@@ -459,7 +495,7 @@ func (r *run) launchDue(now time.Time) {
 			// the full schedule from its start.
 			p.leads, p.interval = true, r.opt.Interval
 		}
-		r.launch(i)
+		r.launch(i, false)
 		p.next = now.Add(p.interval)
 		p.interval = min(2*p.interval, r.opt.MaxInterval)
 	}
@@ -483,14 +519,14 @@ func (r *run) launchOnEvent(now time.Time) {
 		if p := &r.probes[i]; p.peer != nil && !p.leads && !p.peer.Slot() {
 			continue
 		}
-		r.launchOne(i, now)
+		r.launchOne(i, now, false)
 	}
 }
 
 // launchOne starts an extra attempt of probe i if its token bucket allows.
 // A leader's (or lone probe's) schedule restarts from now, so the extra
 // attempt replaces the next scheduled one; a follower keeps its slow tick.
-func (r *run) launchOne(i int, now time.Time) {
+func (r *run) launchOne(i int, now time.Time, woken bool) {
 	p := &r.probes[i]
 	p.tokens = min(eventBurst, p.tokens+float64(now.Sub(p.refilled))/float64(r.opt.MaxInterval))
 	p.refilled = now
@@ -498,7 +534,7 @@ func (r *run) launchOne(i int, now time.Time) {
 		return
 	}
 	p.tokens--
-	r.launch(i)
+	r.launch(i, woken)
 	if p.peer == nil || p.leads {
 		p.next = now.Add(p.interval)
 	}
@@ -510,12 +546,12 @@ func (r *run) launchOne(i int, now time.Time) {
 func (r *run) launchFollowers(now time.Time) {
 	for i := range r.conds {
 		if p := &r.probes[i]; r.pending(i) && p.peer != nil && !p.leads {
-			r.launchOne(i, now)
+			r.launchOne(i, now, true)
 		}
 	}
 }
 
-func (r *run) launch(i int) {
+func (r *run) launch(i int, woken bool) {
 	p := &r.probes[i]
 	if len(p.inflight) >= r.opt.MaxInFlight {
 		r.drop(p.inflight[0])
@@ -529,7 +565,7 @@ func (r *run) launch(i int) {
 		timeout = min(timeout, followerAttemptTimeout)
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, timeout)
-	a := &attempt{cond: i, cancel: cancel}
+	a := &attempt{cond: i, cancel: cancel, woken: woken}
 	p.inflight = append(p.inflight, a)
 	r.status[i].Attempts++
 	r.running++
@@ -568,7 +604,7 @@ func (r *run) finish(res result) error {
 			r.drop(b)
 		}
 		p.inflight = nil
-		if p.peer != nil {
+		if p.peer != nil && (p.leads || !a.woken) {
 			p.peer.Answered()
 		}
 	case errors.As(res.err, &perm):

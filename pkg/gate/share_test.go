@@ -142,12 +142,37 @@ func TestFollowerWokenProvesItsOwnPath(t *testing.T) {
 				if rep.Ready() != tc.wantReady {
 					t.Fatalf("Ready=%v, want %v", rep.Ready(), tc.wantReady)
 				}
-				if _, answers := peer.counts(); (answers == 1) != tc.wantReady {
-					t.Errorf("Answered %d times; want once only when this pod's own attempt succeeded", answers)
+				// Woken by an announced answer, its own is not announced again.
+				if _, answers := peer.counts(); answers != 0 {
+					t.Errorf("Answered %d times; a woken follower's answer must not wake the others again", answers)
 				}
 			})
 		})
 	}
+}
+
+// A follower whose own attempt (a slot) is answered tells the others: the
+// leader's path may stay closed while theirs opened.
+func TestFollowerAnswerTellsPeer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		peer := &fakePeer{}
+		peer.slot.Store(true)
+		t0 := time.Now()
+		rec := newRecorder(func(context.Context, int) error {
+			if time.Since(t0) >= 500*time.Millisecond {
+				return nil
+			}
+			return errRefused
+		})
+		rep := Run(t.Context(), []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+			Options{Watch: from(Wakeups{Peers: []Peer{peer}})})
+		if !rep.Ready() || rep.Conditions[0].After != time.Second {
+			t.Fatalf("Ready=%v after %v, want ready at its second slow attempt (1s)", rep.Ready(), rep.Conditions[0].After)
+		}
+		if _, answers := peer.counts(); answers != 1 {
+			t.Errorf("Answered %d times, want 1", answers)
+		}
+	})
 }
 
 func TestLeaderAnswerTellsPeer(t *testing.T) {
@@ -239,4 +264,46 @@ func TestFollowerAttemptEndsBeforeSYNRetransmission(t *testing.T) {
 			t.Errorf("a follower's attempts lived %v, want the first closed after %v", lived, followerAttemptTimeout)
 		}
 	})
+}
+
+// The node's events are wanted only while this ADD probes alone or leads: a
+// follower's leader follows them. A follower that takes the lead wants them
+// again; an unshared probe always does.
+func TestNodeWantedOnlyWhileLeading(t *testing.T) {
+	type call struct {
+		at   time.Duration
+		want bool
+	}
+	for _, tc := range []struct {
+		name   string
+		shared bool
+		want   []call
+	}{
+		{"follower, then leader", true, []call{{0, false}, {1000 * time.Millisecond, true}}},
+		{"probed alone", false, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				peer := &fakePeer{}
+				peer.slot.Store(true) // a slow tick of exactly 1s
+				t0 := time.Now()
+				go func() {
+					time.Sleep(700 * time.Millisecond) // the leader left
+					peer.lead.Store(true)
+				}()
+				var calls []call
+				w := Wakeups{NodeWanted: func(on bool) { calls = append(calls, call{time.Since(t0), on}) }}
+				if tc.shared {
+					w.Peers = []Peer{peer}
+				}
+				ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
+				defer cancel()
+				Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: newRecorder(refused).check}},
+					Options{Watch: from(w)})
+				if !slices.Equal(calls, tc.want) {
+					t.Errorf("NodeWanted calls %v, want %v", calls, tc.want)
+				}
+			})
+		})
+	}
 }

@@ -162,3 +162,42 @@ func TestWatchNodeWakesOnNftablesChange(t *testing.T) {
 		t.Fatal("no wake-up after an nftables table was added in the node netns")
 	}
 }
+
+// A muted node watcher wakes nobody on a route or an nftables change (the
+// kernel drops the messages); unmuted, it wakes on the next one again.
+func TestWatchNodeMute(t *testing.T) {
+	node, _ := testNetNS(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft (scripts/test-deps.sh installs it)")
+	}
+	notify := make(chan struct{}, 1)
+	var w *Watcher
+	if err := withNetNS(t, node, func() (err error) { w, err = WatchNode(notify); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.Mute(true); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "ip", "-n", node, "route", "add", "blackhole", "192.0.2.0/24")
+	run(t, "ip", "netns", "exec", node, "nft", "add", "table", "inet", "nrtest")
+	select {
+	case <-notify:
+		t.Fatal("a muted watcher woke on a route and an nftables change")
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := w.Mute(false); err != nil {
+		t.Fatal(err)
+	}
+	for _, change := range [][]string{
+		{"ip", "-n", node, "route", "add", "blackhole", "198.51.100.0/24"},
+		{"ip", "netns", "exec", node, "nft", "add", "table", "inet", "nrtest2"},
+	} {
+		run(t, change...)
+		select {
+		case <-notify:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no wake-up after %v once unmuted", change)
+		}
+	}
+}

@@ -99,6 +99,9 @@ func watch(ctx context.Context, n *podns.NetNS, conds []gate.Condition, end cont
 	w := share(conds)
 	stops = append(stops, w.Close)
 	w.PodChanged, w.NodeChanged, w.Close = podChanged, nodeChanged, closeAll
+	// An error leaves the watcher as it was: a follower woken by node
+	// events costs CPU, not correctness.
+	w.NodeWanted = func(on bool) { nw.Mute(!on) }
 	return w, nil
 }
 
