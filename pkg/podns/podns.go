@@ -164,8 +164,11 @@ var ErrRemoved = errors.New("the pod's netns was removed while netready waited")
 
 // removalCheckEvery is how often the netns path is looked at. Netlink has no
 // event for a netns being unmounted (netready's own sockets keep it alive),
-// so this is the one check on a timer: a stat, a few times a second.
-const removalCheckEvery = 200 * time.Millisecond
+// so this is the one check on a timer: a stat once a second. Each timer wakes
+// the whole process (its runtime's threads too); at 200 ms it was the most
+// frequent wake-up of an ADD that follows another's probing, and a removed
+// sandbox is not wanted back sooner.
+const removalCheckEvery = time.Second
 
 // WatchGone calls gone with ErrRemoved (wrapped, naming the path) once the
 // path no longer names the namespace that was opened: the runtime removed
