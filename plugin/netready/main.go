@@ -4,6 +4,7 @@ package main
 
 import (
 	"os"
+	"runtime"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -22,6 +23,12 @@ func main() {
 	p := &plugin{start: time.Now(), stderr: os.Stderr}
 	if os.Getenv("CNI_COMMAND") == "" {
 		os.Exit(runCLI(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	// One P: a plugin invocation waits on sockets and timers and computes
+	// next to nothing, and with a second P each wake-up hands work between
+	// threads. The runtime's GOMAXPROCS variable, when set, still decides.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
 	}
 	skel.PluginMainFuncs(skel.CNIFuncs{
 		Add:    p.add,
