@@ -45,7 +45,6 @@ type Node struct {
 	wake  chan struct{}
 	// closeBit wakes this ADD's own futex waiters on Close.
 	closeBit uint32
-	waiters  sync.WaitGroup
 
 	mu      sync.Mutex
 	targets []*Target // guarded by mu
@@ -178,7 +177,7 @@ func (n *Node) Target(key string) (*Target, error) {
 	n.mu.Lock()
 	n.targets = append(n.targets, t)
 	n.mu.Unlock()
-	n.waiters.Go(t.waitAnswers)
+	go t.waitAnswers()
 	return t, nil
 }
 
@@ -186,9 +185,6 @@ func (n *Node) Target(key string) (*Target, error) {
 // done: the goroutine of a finished ADD lingers at most this long, and the
 // process usually exits first.
 const futexWait = 5 * time.Second
-
-// closeWait bounds how long Close waits for the futex waiters to leave.
-const closeWait = 50 * time.Millisecond
 
 // waitAnswers forwards every change of the answer counter to Node.Answered.
 // The wait is a shared (not private) futex on the mapped file: the leader's
@@ -324,40 +320,27 @@ func (t *Target) wakeFollowers() {
 	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWakeBitset, math.MaxInt32, 0, 0, answerBit)
 }
 
-// Close releases every lead this ADD holds and ends its futex waits.
+// Close releases every lead this ADD holds and ends its futex waits. It
+// wakes its own waiters once, through their closeBit, and does not wait for
+// them: each wake-up of that bit also wakes a thirty-first of the other
+// ADDs' waiters, and after an opening 110 ADDs close at once on a machine
+// whose CPU they saturate, so waking until every waiter has left (as this
+// did) multiplied those spurious wake-ups. A waiter that was between reading
+// the counter and entering its wait misses the wake-up and leaves at its
+// timeout (futexWait); in a CNI invocation the process exits first. Each
+// waiter unmaps its word as it leaves, so the word stays valid until then.
 func (n *Node) Close() error {
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	if n.closed {
-		n.mu.Unlock()
 		return nil
 	}
 	n.closed = true
-	n.mu.Unlock()
-	// A waiter between reading the counter and entering its wait misses a
-	// wake: wake again every millisecond until all have left (each unmaps
-	// its word). Past closeWait, give up: a waiter left behind ends at its
-	// timeout, and the process usually exits long before.
-	done := make(chan struct{})
-	go func() { n.waiters.Wait(); close(done) }()
-	for range closeWait / time.Millisecond {
-		n.mu.Lock()
-		for _, t := range n.targets {
-			if !t.gone {
-				addr := (*uint32)(unsafe.Pointer(&t.word[0]))
-				unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWakeBitset, math.MaxInt32, 0, 0, uintptr(n.closeBit))
-			}
-		}
-		n.mu.Unlock()
-		select {
-		case <-done:
-		case <-time.After(time.Millisecond):
-			continue
-		}
-		break
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
 	for _, t := range n.targets {
+		if !t.gone {
+			addr := (*uint32)(unsafe.Pointer(&t.word[0]))
+			unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWakeBitset, math.MaxInt32, 0, 0, uintptr(n.closeBit))
+		}
 		// Explicitly: the mapping of the lead file holds its open file,
 		// so closing the fd alone would keep the flock until the munmap.
 		unix.Flock(int(t.lead.Fd()), unix.LOCK_UN)
