@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"golang.org/x/sys/unix"
 
 	"github.com/netready/netready/e2e/testbed"
 )
@@ -80,6 +81,11 @@ func (m *measurer) blocked(f *Figures, x *Extra) error {
 		return err
 	}
 	m.progress()
+	floor, err := m.floorRound(m.o.blockedPods)
+	if err != nil {
+		return err
+	}
+	m.progress()
 	one, err := m.blockedRound(m.blockedList, m.router, 1, m.o.idleWait)
 	if err != nil {
 		return err
@@ -95,6 +101,8 @@ func (m *measurer) blocked(f *Figures, x *Extra) error {
 	f.IdleOne = IdleOne{CPUMSPerS: num(one.cpuCores * 1000)}
 	x.BlockedLocalCPU, x.BlockedWindow = local.cpuCores, remote.window
 	x.BlockedRemoteMax, x.BlockedLocalMax = r.Max, l.Max
+	x.BlockedFloor = summarize(floor)
+	f.BlockedFanout.Floor = P50P99{x.BlockedFloor.P50, x.BlockedFloor.P99}
 	x.IdleOnePackets = one.packetsPerS
 	for _, e := range []string{remote.firstErr, local.firstErr, one.firstErr} {
 		if e != "" && x.BlockedFirstErr == "" {
@@ -198,6 +206,89 @@ func (m *measurer) blockedRound(list *libcni.NetworkConfigList, fault *testbed.F
 		}
 	}
 	return res, nil
+}
+
+// floorRound measures what n chained Go plugins held at once cost to return together on this
+// machine: the floor under netready's return after an opening. n pods are ADDed with the no-op
+// plugin (e2e/bench/noop) in netready's place, each reading a FIFO that the bench holds open;
+// once every one runs, the bench closes its end, which releases all at once, and each ADD's
+// return is timed from that moment. Nothing probes, logs or shares: only the wake-up, the
+// print, the exit of n Go processes, and libcni reaping them.
+func (m *measurer) floorRound(n int) ([]float64, error) {
+	fifo := filepath.Join(m.b.Dir, "floor.fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		return nil, err
+	}
+	defer os.Remove(fifo)
+	// Opened read-write, the FIFO has a writer before any reader comes: their open does not
+	// block, their read does, until this end is closed.
+	w, err := os.OpenFile(fifo, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer w.Close()
+	list, err := m.b.ConfList(testbed.K3sConflist("1.0.0", fmt.Sprintf(`{"type":%q,"waitFIFO":%q}`, noopType, fifo)))
+	if err != nil {
+		return nil, err
+	}
+	pods, err := m.newPods(n)
+	defer removePods(pods)
+	if err != nil {
+		return nil, err
+	}
+	back := make([]time.Time, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, p := range pods {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(m.ctx, blockedAddTimeout)
+			defer cancel()
+			_, errs[i] = m.b.Add(ctx, list, p)
+			back[i] = time.Now()
+		})
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for len(children(noopType)) < n {
+		if time.Now().After(deadline) {
+			w.Close()
+			wg.Wait()
+			return nil, fmt.Errorf("floor: only %d of %d no-op plugins started within 2 minutes", len(children(noopType)), n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(blockedSettle) // as the blocked rounds: every process settled in its wait
+	released := time.Now()
+	w.Close()
+	wg.Wait()
+	var out []float64
+	delErrs := make([]error, n)
+	parallel(n, 8, func(i int) { delErrs[i] = m.delAndRemove(list, pods[i]) })
+	for i, err := range errs {
+		if err != nil {
+			return nil, fmt.Errorf("floor: ADD: %w", err)
+		}
+		out = append(out, ms(back[i].Sub(released)))
+	}
+	return out, errors.Join(delErrs...)
+}
+
+// children are the pids of this process's children named comm (libcni runs the plugins as
+// its children).
+func children(comm string) []int {
+	self := os.Getpid()
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		if c, ppid, _, ok := parseStat(data); ok && ppid == self && c == comm {
+			pid, _ := strconv.Atoi(e.Name())
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // cpuDelta is the CPU time the processes spent between two readings: a process in both counts

@@ -53,6 +53,9 @@ type BlockedFanout struct {
 		Remote P50P99 `json:"remote"`
 		Local  P50P99 `json:"local"`
 	} `json:"open_to_return_ms"`
+	// Floor is the same return for as many no-op plugins released at once: what this machine
+	// takes to wake, exit and reap that many chained Go plugins, whatever they do.
+	Floor P50P99 `json:"floor_release_to_return_ms"`
 }
 
 type P50P99 struct {
@@ -165,6 +168,7 @@ type Extra struct {
 	BlockedLocalCPU                   float64 // cores, node-local round
 	BlockedWindow                     time.Duration
 	BlockedRemoteMax, BlockedLocalMax num
+	BlockedFloor                      summary // ms from the release to each no-op ADD's return
 	IdleOnePackets                    float64
 	BlockedFirstErr                   string
 }
@@ -308,6 +312,7 @@ func printTable(out io.Writer, f *Figures, x *Extra) {
 		row("  opening → every ADD returned, remote", fmt.Sprintf("p50 %s  p99 %s  max %s ms, %d failures", f1(r.P50), f1(r.P99), f1(x.BlockedRemoteMax), b.Failures), g, v)
 		g, v = goal(l.P99 <= 10 && b.Failures == 0, "p99 ≤ 10, 0 failures")
 		row("  opening → every ADD returned, node-local", fmt.Sprintf("p50 %s  p99 %s  max %s ms", f1(l.P50), f1(l.P99), f1(x.BlockedLocalMax)), g, v)
+		row("  floor: as many no-op plugins released at once", fmt.Sprintf("p50 %s  p99 %s  max %s ms", f1(x.BlockedFloor.P50), f1(x.BlockedFloor.P99), f1(x.BlockedFloor.Max)), "", "")
 		if x.BlockedFirstErr != "" {
 			row("  first error", x.BlockedFirstErr, "", "")
 		}
