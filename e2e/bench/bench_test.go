@@ -56,7 +56,7 @@ func TestQuick(t *testing.T) {
 		"rate":             {"packets_per_s"},
 		"seed":             {"pods", "without"},
 		"overhead_vs_noop": {"ratio", "p50_ms_with", "p50_ms_noop"},
-		"blocked_fanout":   {"pods", "seconds", "cpu_cores", "packets_per_s_per_target", "failures", "open_to_return_ms"},
+		"blocked_fanout":   {"pods", "seconds", "cpu_cores", "packets_per_s_per_target", "failures", "open_to_return_ms", "floor_release_to_return_ms"},
 		"idle_one":         {"cpu_ms_per_s"},
 	}
 	keysOf := func(m map[string]any) []string {
@@ -128,6 +128,7 @@ func TestQuick(t *testing.T) {
 		{"blocked_fanout.failures", 0, 0},
 		{"blocked_fanout.open_to_return_ms.remote.p99", 0, 5000},
 		{"blocked_fanout.open_to_return_ms.local.p99", 0, 5000},
+		{"blocked_fanout.floor_release_to_return_ms.p99", 0, 5000},
 		{"idle_one.cpu_ms_per_s", 0.001, 1000},
 	} {
 		v, ok := lookup(got, c.path).(float64)
