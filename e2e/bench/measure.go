@@ -61,6 +61,7 @@ type measurer struct {
 	node        *testbed.Fault            // blackhole route on the node: a node-local cause
 	openings    []time.Duration           // when the path opens after ADD starts, one per trial
 	nftCounter  nftCounters
+	resident    *testbed.Pod // on cni0 for the whole run (Bed.Resident)
 }
 
 func newMeasurer(ctx context.Context, b *testbed.Bed, o options, out io.Writer) (*measurer, error) {
@@ -107,7 +108,7 @@ func newMeasurer(ctx context.Context, b *testbed.Bed, o options, out io.Writer) 
 		}
 	}
 	// cni0 keeps one pod for the bench's whole run, as on a live node: see Resident.
-	if _, err := b.Resident(ctx); err != nil {
+	if m.resident, err = b.Resident(ctx); err != nil {
 		return nil, err
 	}
 	rng := rand.New(rand.NewPCG(o.randSeed, 0x6e65747265616479))

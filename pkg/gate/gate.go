@@ -101,11 +101,13 @@ type Wakeups struct {
 	// condition probed alone at the full schedule. A shared probe that does
 	// not lead tries to take the lead every SlowInterval and, when its Peer
 	// grants a slot, sends one attempt of its own then; it also tries at
-	// once on PeerAnswered, PodChanged and NodeChanged.
+	// once on PeerAnswered, and on PodChanged and NodeChanged when a slot
+	// is free (see NodeWanted).
 	Peers []Peer
-	// PeerAnswered wakes the gate when the leader of a shared target saw it
-	// answer: every shared probe that does not lead tries at once, from its
-	// own netns (a pod never takes another pod's answer for its own).
+	// PeerAnswered wakes the gate when another ADD saw a shared target
+	// answer (Peer.Answered): every shared probe that does not lead tries
+	// at once, from its own netns (a pod never takes another pod's answer
+	// for its own).
 	PeerAnswered <-chan struct{}
 
 	// Notes go to Report.Notes (why a probe is not shared, say).

@@ -41,6 +41,9 @@ func add(args *skel.CmdArgs) error {
 		io.Copy(io.Discard, f) // until the bench closes the last writer
 		f.Close()
 	}
+	if conf.RawPrevResult == nil { // alone in its list (the floor): nothing to pass on
+		return types.PrintResult(&current.Result{CNIVersion: current.ImplementedSpecVersion}, conf.CNIVersion)
+	}
 	if err := version.ParsePrevResult(&conf.NetConf); err != nil {
 		return err
 	}
