@@ -45,6 +45,7 @@ type Node struct {
 	wake  chan struct{}
 	// closeBit wakes this ADD's own futex waiters on Close.
 	closeBit uint32
+	waiters  sync.WaitGroup
 
 	mu      sync.Mutex
 	targets []*Target // guarded by mu
@@ -177,7 +178,7 @@ func (n *Node) Target(key string) (*Target, error) {
 	n.mu.Lock()
 	n.targets = append(n.targets, t)
 	n.mu.Unlock()
-	go t.waitAnswers()
+	n.waiters.Go(t.waitAnswers)
 	return t, nil
 }
 
@@ -320,27 +321,47 @@ func (t *Target) wakeFollowers() {
 	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWakeBitset, math.MaxInt32, 0, 0, answerBit)
 }
 
-// Close releases every lead this ADD holds and ends its futex waits. It
-// wakes its own waiters once, through their closeBit, and does not wait for
-// them: each wake-up of that bit also wakes a thirty-first of the other
-// ADDs' waiters, and after an opening 110 ADDs close at once on a machine
-// whose CPU they saturate, so waking until every waiter has left (as this
-// did) multiplied those spurious wake-ups. A waiter that was between reading
-// the counter and entering its wait misses the wake-up and leaves at its
-// timeout (futexWait); in a CNI invocation the process exits first. Each
-// waiter unmaps its word as it leaves, so the word stays valid until then.
+// closeWakes are the waits between Close's wake-ups of its own futex
+// waiters, each wake-up sent only if a waiter is still there: a waiter that
+// was between reading the counter and entering its wait misses a wake-up.
+// Few and growing, because each wake-up through closeBit also wakes a
+// thirty-first of the other ADDs' waiters, and after an opening 110 ADDs
+// close at once on a CPU they saturate (waking every millisecond until the
+// waiter left multiplied those spurious wake-ups). Past the last, a waiter
+// left behind ends at its timeout (futexWait); the process usually exits
+// first.
+var closeWakes = []time.Duration{2 * time.Millisecond, 8 * time.Millisecond, 40 * time.Millisecond}
+
+// Close releases every lead this ADD holds and ends its futex waits.
 func (n *Node) Close() error {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	if n.closed {
+		n.mu.Unlock()
 		return nil
 	}
 	n.closed = true
-	for _, t := range n.targets {
-		if !t.gone {
-			addr := (*uint32)(unsafe.Pointer(&t.word[0]))
-			unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWakeBitset, math.MaxInt32, 0, 0, uintptr(n.closeBit))
+	n.mu.Unlock()
+	done := make(chan struct{})
+	go func() { n.waiters.Wait(); close(done) }()
+wake:
+	for _, d := range closeWakes {
+		n.mu.Lock()
+		for _, t := range n.targets {
+			if !t.gone {
+				addr := (*uint32)(unsafe.Pointer(&t.word[0]))
+				unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWakeBitset, math.MaxInt32, 0, 0, uintptr(n.closeBit))
+			}
 		}
+		n.mu.Unlock()
+		select {
+		case <-done:
+			break wake
+		case <-time.After(d):
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, t := range n.targets {
 		// Explicitly: the mapping of the lead file holds its open file,
 		// so closing the fd alone would keep the flock until the munmap.
 		unix.Flock(int(t.lead.Fd()), unix.LOCK_UN)
