@@ -481,15 +481,16 @@ func (r *run) launchDue(now time.Time) {
 			if !p.peer.Lead() {
 				// A follower: one attempt now and then, when the
 				// followers' shared budget has room for it. Refused, it
-				// asks again at a random time around a slow interval:
-				// followers that started together would otherwise all
-				// ask within the same slot, every second, and one would
-				// get it.
+				// asks again at a random time in the second half of a
+				// slow interval: followers that started together would
+				// otherwise all ask within the same slot, every second,
+				// and one would get it; and a leader that left is still
+				// replaced within a slow interval.
 				p.next = now.Add(r.opt.SlowInterval)
 				if p.peer.Slot() {
 					r.launch(i, false)
 				} else {
-					p.next = now.Add(r.opt.SlowInterval/2 + rand.N(r.opt.SlowInterval))
+					p.next = now.Add(r.opt.SlowInterval/2 + rand.N(r.opt.SlowInterval/2))
 				}
 				continue
 			}
