@@ -27,19 +27,16 @@ const blockedSettle = 2 * time.Second
 // loaded machine, the wait, and netready's exit.
 const blockedAddTimeout = 3 * time.Minute
 
-// allWaiting returns when n netready processes run at once.
-func (m *measurer) allWaiting(n int) (time.Time, error) {
+// allWaiting returns when n children named comm (netready, the no-op plugin) run at once.
+func (m *measurer) allWaiting(comm string, n int) (time.Time, error) {
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		procs, err := netreadyCPU()
-		if err != nil {
-			return time.Time{}, err
-		}
-		if len(procs) >= n {
+		running := len(childCPU(comm))
+		if running >= n {
 			return time.Now(), nil
 		}
 		if time.Now().After(deadline) {
-			return time.Time{}, fmt.Errorf("only %d of %d netready processes started within 2 minutes", len(procs), n)
+			return time.Time{}, fmt.Errorf("only %d of %d %s processes started within 2 minutes", running, n, comm)
 		}
 		select {
 		case <-m.ctx.Done():
@@ -135,7 +132,7 @@ func (m *measurer) blockedRound(list *libcni.NetworkConfigList, fault *testbed.F
 	}
 	// The chain before netready takes a while for n pods at once (host-local's lock, a loaded
 	// machine): the wait counts from when every netready is running.
-	waiting, err := m.allWaiting(n)
+	waiting, err := m.allWaiting(testbed.Netready, n)
 	if err != nil {
 		fault.Unblock()
 		wg.Wait()
@@ -144,10 +141,10 @@ func (m *measurer) blockedRound(list *libcni.NetworkConfigList, fault *testbed.F
 	opened := fault.OpenAt(waiting.Add(wait))
 	windowEnd := waiting.Add(wait - 250*time.Millisecond)
 	time.Sleep(time.Until(waiting.Add(min(blockedSettle, wait/4))))
-	cpu1, err1 := netreadyCPU()
+	cpu1 := childCPU(testbed.Netready)
 	c1, t1, cerr1 := m.nftCounter.read(m.ctx)
 	time.Sleep(time.Until(windowEnd))
-	cpu2, err2 := netreadyCPU()
+	cpu2 := childCPU(testbed.Netready)
 	if os.Getenv("NR_BENCH_DEBUG") != "" {
 		fmt.Fprintf(os.Stderr, "netready processes at the window's start and end: %d, %d; %v of CPU\n", len(cpu1), len(cpu2), cpuDelta(cpu1, cpu2))
 	}
@@ -156,7 +153,7 @@ func (m *measurer) blockedRound(list *libcni.NetworkConfigList, fault *testbed.F
 	o, oerr := waitOpened(opened)
 	delErrs := make([]error, n)
 	parallel(n, 8, func(i int) { delErrs[i] = m.delAndRemove(list, pods[i]) })
-	if err := errors.Join(err1, err2, cerr1, cerr2, oerr, errors.Join(delErrs...)); err != nil {
+	if err := errors.Join(cerr1, cerr2, oerr, errors.Join(delErrs...)); err != nil {
 		return res, err
 	}
 	res.window = t2.Sub(t1)
@@ -245,14 +242,10 @@ func (m *measurer) floorRound(n int) ([]float64, error) {
 			back[i] = time.Now()
 		})
 	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for len(children(noopType)) < n {
-		if time.Now().After(deadline) {
-			w.Close()
-			wg.Wait()
-			return nil, fmt.Errorf("floor: only %d of %d no-op plugins started within 2 minutes", len(children(noopType)), n)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if _, err := m.allWaiting(noopType, n); err != nil {
+		w.Close()
+		wg.Wait()
+		return nil, fmt.Errorf("floor: %w", err)
 	}
 	time.Sleep(blockedSettle) // as the blocked rounds: every process settled in its wait
 	released := time.Now()
@@ -268,25 +261,6 @@ func (m *measurer) floorRound(n int) ([]float64, error) {
 	return out, nil
 }
 
-// children are the pids of this process's children named comm (libcni runs the plugins as
-// its children).
-func children(comm string) []int {
-	self := os.Getpid()
-	var out []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		if c, ppid, _, ok := parseStat(data); ok && ppid == self && c == comm {
-			pid, _ := strconv.Atoi(e.Name())
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
 // cpuDelta is the CPU time the processes spent between two readings: a process in both counts
 // its difference, one that started between them all of its time (none here: the window opens
 // after every ADD started); one that ended between them is not counted (none: ADDs return
@@ -299,31 +273,23 @@ func cpuDelta(before, after map[int]time.Duration) time.Duration {
 	return d
 }
 
-// netreadyCPU is utime+stime of every netready process that is a child of this one (libcni
-// runs the plugins as its children), by pid. Other netready processes on the machine (other
-// tests) are not counted.
-func netreadyCPU() (map[int]time.Duration, error) {
+// childCPU is utime+stime of every process named comm that is a child of this one (libcni runs
+// the plugins as its children), by pid. Other netready processes on the machine (other tests)
+// are not counted.
+func childCPU(comm string) map[int]time.Duration {
 	self := os.Getpid()
 	out := map[int]time.Duration{}
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, err
-	}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
+	testbed.Pids(func(pid int, dir string) bool {
+		data, err := os.ReadFile(filepath.Join(dir, "stat"))
 		if err != nil {
-			continue
+			return false // exited meanwhile
 		}
-		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue // exited meanwhile
-		}
-		comm, ppid, cpu, ok := parseStat(data)
-		if ok && ppid == self && comm == testbed.Netready {
+		if c, ppid, cpu, ok := parseStat(data); ok && ppid == self && c == comm {
 			out[pid] = cpu
 		}
-	}
-	return out, nil
+		return false
+	})
+	return out
 }
 
 // clockTick is USER_HZ, 100 on every Linux architecture Go supports.
