@@ -11,7 +11,6 @@ import (
 	"os"
 	"runtime"
 	"sync"
-	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netns"
@@ -26,23 +25,47 @@ import (
 // One OS thread enters the namespace when it is opened and makes every
 // socket there: a socket is then one syscall on that thread, with no setns
 // in and out per attempt (which cost more than the attempt itself).
+//
+// Asking that thread is itself two hand-offs between OS threads, and on a
+// small VM each costs more than the socket. Sockets that receive nothing
+// until they are used (stream and datagram ones) are therefore made in
+// batches that grow with each request of the same kind (1, 2, 4, ... up to
+// maxBatch): the ready path makes exactly what it uses, and an ADD that waits
+// asks the thread once per maxBatch attempts. Raw sockets (ICMP, netlink)
+// receive from the moment they exist, so they are made one at a time.
 type NetNS struct {
 	path string
 	id   fileID          // the namespace opened, to tell when path names it no more
 	view *netstate.NetNS // netlink, its socket made inside the namespace
 
-	mu   sync.RWMutex   // read-held while a request is sent, write-held by Close
-	reqs chan socketReq // nil once closed
-	done chan struct{}  // closed when the thread's goroutine has returned
+	mu     sync.RWMutex   // read-held while a request is sent, write-held by Close
+	reqs   chan socketReq // nil once closed
+	spares spares         // made in a batch, not yet handed out; added to only under mu's read lock
+	done   chan struct{}  // closed when the thread's goroutine has returned
+}
+
+// maxBatch is the most sockets of one kind made in one request: a waiting
+// ADD at the default schedule (25 attempts a second) asks about twice a
+// second, and at most maxBatch-1 unused sockets are left for Close.
+const maxBatch = 16
+
+type sockKind struct{ domain, typ, proto int }
+
+// spares are sockets made ahead, and the size of the next batch, per kind.
+type spares struct {
+	sync.Mutex
+	fds  map[sockKind][]int
+	next map[sockKind]int
 }
 
 type socketReq struct {
-	domain, typ, proto int
-	reply              chan socketReply
+	kind  sockKind
+	n     int
+	reply chan socketReply
 }
 
 type socketReply struct {
-	fd  int
+	fds []int
 	err error
 }
 
@@ -124,28 +147,96 @@ func (n *NetNS) serve(nsfd int, reqs <-chan socketReq, entered chan<- error) {
 	}
 	entered <- nil
 	for req := range reqs {
-		fd, err := unix.Socket(req.domain, req.typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, req.proto)
-		req.reply <- socketReply{fd, os.NewSyscallError("socket", err)}
+		k := req.kind
+		fds := make([]int, 0, req.n)
+		var err error
+		for range req.n {
+			var fd int
+			if fd, err = unix.Socket(k.domain, k.typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, k.proto); err != nil {
+				break
+			}
+			fds = append(fds, fd)
+		}
+		if len(fds) > 0 {
+			err = nil // the one asked for is there; the batch is only shorter
+		}
+		req.reply <- socketReply{fds, os.NewSyscallError("socket", err)}
 	}
 }
 
 // Path is the path the namespace was opened at.
 func (n *NetNS) Path() string { return n.path }
 
-// Socket creates a socket inside the namespace (probe.Sockets).
+// Socket creates a socket inside the namespace (probe.Sockets). It is
+// fresh, never used, whether it was made now or in an earlier batch.
 func (n *NetNS) Socket(domain, typ, proto int) (int, error) {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
 	if n.reqs == nil {
 		return -1, fmt.Errorf("socket: %w", net.ErrClosed)
 	}
+	k := sockKind{domain, typ, proto}
+	if fd, ok := n.spares.take(k); ok {
+		return fd, nil
+	}
 	reply := make(chan socketReply, 1)
-	n.reqs <- socketReq{domain, typ, proto, reply}
+	n.reqs <- socketReq{k, n.spares.batch(k), reply}
 	r := <-reply
 	if r.err != nil {
 		return -1, r.err
 	}
-	return r.fd, nil
+	n.spares.put(k, r.fds[1:])
+	return r.fds[0], nil
+}
+
+func (s *spares) take(k sockKind) (int, bool) {
+	s.Lock()
+	defer s.Unlock()
+	fds := s.fds[k]
+	if len(fds) == 0 {
+		return -1, false
+	}
+	s.fds[k] = fds[:len(fds)-1]
+	return fds[len(fds)-1], true
+}
+
+// batch is how many sockets of kind k to make now, and doubles the next.
+func (s *spares) batch(k sockKind) int {
+	if k.typ != unix.SOCK_STREAM && k.typ != unix.SOCK_DGRAM {
+		return 1
+	}
+	s.Lock()
+	defer s.Unlock()
+	if s.next == nil {
+		s.next = make(map[sockKind]int)
+	}
+	n := max(1, s.next[k])
+	s.next[k] = min(2*n, maxBatch)
+	return n
+}
+
+func (s *spares) put(k sockKind, fds []int) {
+	if len(fds) == 0 {
+		return
+	}
+	s.Lock()
+	defer s.Unlock()
+	if s.fds == nil {
+		s.fds = make(map[sockKind][]int)
+	}
+	s.fds[k] = append(s.fds[k], fds...)
+}
+
+// closeAll closes the sockets never handed out.
+func (s *spares) closeAll() {
+	s.Lock()
+	defer s.Unlock()
+	for _, fds := range s.fds {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}
+	s.fds = nil
 }
 
 // View is the netlink view of the namespace's links, addresses and routes.
@@ -162,40 +253,15 @@ func (n *NetNS) Watch(notify chan<- struct{}) (*netstate.Watcher, error) {
 // waits: the runtime gave up on the sandbox.
 var ErrRemoved = errors.New("the pod's netns was removed while netready waited")
 
-// removalCheckEvery is how often the netns path is looked at. Netlink has no
-// event for a netns being unmounted (netready's own sockets keep it alive),
-// so this is the one check on a timer: a stat once a second. Each timer wakes
-// the whole process (its runtime's threads too); at 200 ms it was the most
-// frequent wake-up of an ADD that follows another's probing, and a removed
-// sandbox is not wanted back sooner.
-const removalCheckEvery = time.Second
-
-// WatchGone calls gone with ErrRemoved (wrapped, naming the path) once the
-// path no longer names the namespace that was opened: the runtime removed
-// the sandbox. stop ends the watch and returns once it has ended.
-//
-// It is one of the things that end a wait early (gate.Options.Watch's end);
-// a new one, such as the pod deleted in the API server, sits beside it.
-func (n *NetNS) WatchGone(gone func(cause error)) (stop func()) {
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(removalCheckEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-			}
-			if n.Gone() {
-				gone(fmt.Errorf("%w (%s)", ErrRemoved, n.path))
-				return
-			}
-		}
-	}()
-	return func() { close(done); <-finished }
+// Removed is ErrRemoved, naming the path, once the path no longer names the
+// namespace that was opened (Gone), and nil before. Netlink has no event for
+// a netns being unmounted (netready's own sockets keep it alive), so a
+// waiting gate calls it now and then (gate.Wakeups.Poll).
+func (n *NetNS) Removed() error {
+	if n.Gone() {
+		return fmt.Errorf("%w (%s)", ErrRemoved, n.path)
+	}
+	return nil
 }
 
 // Gone reports whether the path no longer names the namespace that was
@@ -209,8 +275,8 @@ func (n *NetNS) Gone() bool {
 	return (fileID{st.Dev, st.Ino}) != n.id
 }
 
-// Close ends the namespace's thread and closes the netlink view. Sockets
-// already made keep working.
+// Close ends the namespace's thread, closes the sockets made ahead and the
+// netlink view. Sockets already handed out keep working.
 func (n *NetNS) Close() error {
 	n.mu.Lock()
 	if n.reqs == nil {
@@ -219,6 +285,7 @@ func (n *NetNS) Close() error {
 	}
 	close(n.reqs)
 	n.reqs = nil
+	n.spares.closeAll()
 	n.mu.Unlock()
 	<-n.done
 	n.view.Close()

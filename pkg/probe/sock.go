@@ -23,12 +23,9 @@ func open(s Sockets, dst netip.Addr, typ, proto int) (*os.File, syscall.RawConn,
 	if err != nil {
 		return nil, nil, err
 	}
-	// os.NewFile registers only non-blocking descriptors with the poller, and
-	// without it neither a deadline nor Close would interrupt a blocked call.
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, nil, os.NewSyscallError("fcntl", err)
-	}
+	// Sockets makes it non-blocking, so os.NewFile registers it with the
+	// poller: without that neither a deadline nor Close would interrupt a
+	// blocked call.
 	f := os.NewFile(uintptr(fd), "probe")
 	rc, err := f.SyscallConn()
 	if err != nil {
