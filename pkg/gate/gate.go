@@ -110,6 +110,17 @@ type Wakeups struct {
 	// for its own).
 	PeerAnswered <-chan struct{}
 
+	// Poll, if set, looks for what has no event to wake the gate (the
+	// pod's netns removed: netlink has none) and calls Watch's end with its
+	// cause when it finds it. The gate calls it on its goroutine at its
+	// first wake-up PollEvery (1s) or more after the last call, and wakes
+	// for it alone only when no other wake-up came within twice that: each
+	// wake-up of a waiting process costs more than what it does, and a
+	// follower, which wakes about once a second for its slow attempts,
+	// then never wakes for Poll alone.
+	Poll      func()
+	PollEvery time.Duration
+
 	// Notes go to Report.Notes (why a probe is not shared, say).
 	Notes []string
 	// Close, if set, stops what Watch started. The gate calls it before Run
@@ -301,6 +312,7 @@ type run struct {
 	watchAt  time.Time // when the first round ends and Watch is called
 	watching bool      // Watch was called (or there is none)
 	wake     Wakeups   // what Watch started; zero before
+	polled   time.Time // when wake.Poll was last called (or Watch returned)
 	nodeOff  bool      // wake.NodeWanted was last told false
 	notes    []string
 }
@@ -360,6 +372,7 @@ func (r *run) loop() error {
 			}
 			continue // try every pending probe now
 		}
+		r.poll(now)
 		timer.Reset(r.nextWake(now).Sub(now))
 
 		select {
@@ -398,7 +411,10 @@ func (r *run) watch(now time.Time) error {
 	if err != nil {
 		return err
 	}
-	r.wake, r.notes = w, append(r.notes, w.Notes...)
+	if w.Poll != nil && w.PollEvery <= 0 {
+		w.PollEvery = time.Second
+	}
+	r.wake, r.notes, r.polled = w, append(r.notes, w.Notes...), now
 	for i, c := range r.conds {
 		p := &r.probes[i]
 		for _, a := range p.inflight {
@@ -429,6 +445,16 @@ func (r *run) wantNode() {
 		r.nodeOff = !want
 		r.wake.NodeWanted(want)
 	}
+}
+
+// poll calls Wakeups.Poll if PollEvery has passed since it last did. A
+// cause it finds ends ctx, which the loop's select sees next.
+func (r *run) poll(now time.Time) {
+	if r.wake.Poll == nil || now.Sub(r.polled) < r.wake.PollEvery {
+		return
+	}
+	r.polled = now
+	r.wake.Poll()
 }
 
 // evalLocal evaluates every local condition against the pod netns's current
@@ -627,6 +653,9 @@ func (r *run) nextWake(now time.Time) time.Time {
 	wake := now.Add(time.Hour)
 	if !r.watching {
 		wake = r.watchAt
+	}
+	if poll := r.polled.Add(2 * r.wake.PollEvery); r.wake.Poll != nil && poll.Before(wake) {
+		wake = poll
 	}
 	for i := range r.conds {
 		if p := &r.probes[i]; r.pending(i) && p.next.Before(wake) {

@@ -3,7 +3,9 @@ package gate
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -216,4 +218,120 @@ func TestFirstRoundIsUnshared(t *testing.T) {
 			t.Error("the probe never asked its Peer for the lead after Watch")
 		}
 	})
+}
+
+// pollRecorder is a Wakeups.Poll that records when it was called and finds
+// its cause at the call numbered endAt (from 1), through the Watch's end.
+type pollRecorder struct {
+	t0    time.Time
+	w     *watchRecorder
+	endAt int
+	cause error
+	mu    sync.Mutex
+	calls []time.Duration
+}
+
+func (p *pollRecorder) poll() {
+	p.mu.Lock()
+	p.calls = append(p.calls, time.Since(p.t0))
+	n := len(p.calls)
+	p.mu.Unlock()
+	if n == p.endAt {
+		p.w.end(p.cause)
+	}
+}
+
+// TestPollRidesOnWakeups: Poll runs at the gate's first wake-up a
+// PollEvery or more after the last, and wakes the gate on its own only when
+// nothing else did within twice that; what it finds ends the gate.
+func TestPollRidesOnWakeups(t *testing.T) {
+	errGone := errors.New("the pod's netns was removed")
+	never := func(context.Context) error { return errors.New("no route") }
+	for _, tc := range []struct {
+		name   string
+		conds  func(rec *recorder) []Condition
+		peer   Peer
+		endAt  int
+		polls  func(got, attempts []time.Duration) string // "" when right
+		waited time.Duration                              // when the gate ended
+	}{
+		{
+			// Watch at 20ms; attempts every 40ms: the first at or after
+			// 1.02s and 2.02s (50ms + 40ms·k).
+			name: "a lone probe: at its own attempts",
+			conds: func(rec *recorder) []Condition {
+				return []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}}
+			},
+			endAt: 2, waited: 2050 * time.Millisecond,
+			polls: func(got, attempts []time.Duration) string {
+				if !slices.Equal(got, ms(1050, 2050)) {
+					return "want 1.05s and 2.05s"
+				}
+				return onlyAt(got, attempts)
+			},
+		},
+		{
+			// A follower's slow attempts come every SlowInterval (1s):
+			// each one carries a poll, and no wake-up is its own.
+			name: "a follower: at its slow attempts",
+			conds: func(rec *recorder) []Condition {
+				return []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}}
+			},
+			peer: slots(), endAt: 3, waited: 3020 * time.Millisecond,
+			polls: func(got, attempts []time.Duration) string {
+				if !slices.Equal(got, ms(1020, 2020, 3020)) {
+					return "want 1.02s, 2.02s and 3.02s"
+				}
+				return onlyAt(got, attempts)
+			},
+		},
+		{
+			// Nothing scheduled: the gate wakes for Poll every 2s.
+			name:  "only a local condition: every two PollEvery",
+			conds: func(*recorder) []Condition { return []Condition{{Name: "route", Kind: Local, Check: never}} },
+			endAt: 2, waited: 4020 * time.Millisecond,
+			polls: func(got, _ []time.Duration) string {
+				if !slices.Equal(got, ms(2020, 4020)) {
+					return "want 2.02s and 4.02s"
+				}
+				return ""
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				rec := newRecorder(hangN)
+				w := newWatch(Wakeups{})
+				p := &pollRecorder{t0: rec.t0, w: w, endAt: tc.endAt, cause: errGone}
+				w.w.Poll, w.w.PollEvery = p.poll, time.Second
+				if tc.peer != nil {
+					w.w.Peers = []Peer{tc.peer}
+				}
+				rep := Run(t.Context(), tc.conds(rec), Options{FirstRound: 20 * time.Millisecond, Watch: w.watch})
+				if !errors.Is(rep.Err, errGone) || rep.Waited != tc.waited {
+					t.Errorf("Err %v after %v, want %v after %v", rep.Err, rep.Waited, errGone, tc.waited)
+				}
+				if msg := tc.polls(p.calls, rec.startTimes()); msg != "" {
+					t.Errorf("Poll called at %v: %s (attempts at %v)", p.calls, msg, rec.startTimes())
+				}
+			})
+		})
+	}
+}
+
+// onlyAt says which of polls came at no attempt: a wake-up for Poll alone.
+func onlyAt(polls, attempts []time.Duration) string {
+	for _, p := range polls {
+		if !slices.Contains(attempts, p) {
+			return fmt.Sprintf("the poll at %v woke the gate on its own", p)
+		}
+	}
+	return ""
+}
+
+// slots is a follower whose every slow attempt gets a slot.
+func slots() *fakePeer {
+	f := &fakePeer{}
+	f.slot.Store(true)
+	return f
 }

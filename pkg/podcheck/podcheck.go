@@ -21,6 +21,14 @@ import (
 // enough that a path opening meanwhile is seen almost as soon.
 const quickRound = 20 * time.Millisecond
 
+// removalCheckEvery is how often a waiting gate looks whether the pod's
+// netns is still there (podns.Removed), riding on the wake-ups it makes
+// anyway (gate.Wakeups.Poll): it notices within one to two of these. At
+// 200 ms on a ticker of its own it was the most frequent wake-up of an ADD
+// that follows another's probing, and a removed sandbox is not wanted back
+// sooner.
+const removalCheckEvery = time.Second
+
 // An End ends a waiting gate early, for a cause outside the pod's netns
 // (the runtime's signal, the pod deleted in the API server): it calls end
 // with its cause, and returns what stops it. Run starts it only when the
@@ -91,7 +99,6 @@ func watch(ctx context.Context, n *podns.NetNS, conds []gate.Condition, end cont
 	}
 	stops = append(stops, nw.Close)
 
-	stops = append(stops, n.WatchGone(end))
 	for _, e := range ends {
 		stops = append(stops, e(ctx, end))
 	}
@@ -102,6 +109,12 @@ func watch(ctx context.Context, n *podns.NetNS, conds []gate.Condition, end cont
 	// An error leaves the watcher as it was: a follower woken by node
 	// events costs CPU, not correctness.
 	w.NodeWanted = func(on bool) { nw.Mute(!on) }
+	w.Poll = func() {
+		if err := n.Removed(); err != nil {
+			end(err)
+		}
+	}
+	w.PollEvery = removalCheckEvery
 	return w, nil
 }
 
