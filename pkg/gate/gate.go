@@ -74,8 +74,10 @@ type Options struct {
 	// gate evaluates every local condition and tries every pending probe
 	// right after it returns, so no change made before it falls through.
 	// An error ends the gate (Report.Err holds it); Watch has then stopped
-	// whatever it had started.
-	Watch func(ctx context.Context, end context.CancelCauseFunc) (Wakeups, error)
+	// whatever it had started. unmet[i] reports whether conds[i] still
+	// waits: only those need a Peer (a target already answered would only
+	// wake this ADD for the others' answers).
+	Watch func(ctx context.Context, end context.CancelCauseFunc, unmet []bool) (Wakeups, error)
 }
 
 // Wakeups are what Watch started: what wakes a waiting gate, how it shares
@@ -407,7 +409,11 @@ func (r *run) loop() error {
 // unshared, and a follower's budget counts one packet per attempt.
 func (r *run) watch(now time.Time) error {
 	r.watching = true
-	w, err := r.opt.Watch(r.ctx, r.end)
+	unmet := make([]bool, len(r.conds))
+	for i, st := range r.status {
+		unmet[i] = !st.Ready
+	}
+	w, err := r.opt.Watch(r.ctx, r.end, unmet)
 	if err != nil {
 		return err
 	}

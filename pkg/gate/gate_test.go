@@ -63,8 +63,8 @@ func ms(n ...int) []time.Duration {
 
 // from is a Watch that hands the gate w: with no FirstRound, from the
 // start.
-func from(w Wakeups) func(context.Context, context.CancelCauseFunc) (Wakeups, error) {
-	return func(context.Context, context.CancelCauseFunc) (Wakeups, error) { return w, nil }
+func from(w Wakeups) func(context.Context, context.CancelCauseFunc, []bool) (Wakeups, error) {
+	return func(context.Context, context.CancelCauseFunc, []bool) (Wakeups, error) { return w, nil }
 }
 
 // hang waits for the attempt to be closed, as a dropped SYN does.

@@ -29,7 +29,7 @@ type watchRecorder struct {
 
 func newWatch(w Wakeups) *watchRecorder { return &watchRecorder{t0: time.Now(), w: w} }
 
-func (r *watchRecorder) watch(_ context.Context, end context.CancelCauseFunc) (Wakeups, error) {
+func (r *watchRecorder) watch(_ context.Context, end context.CancelCauseFunc, unmet []bool) (Wakeups, error) {
 	r.calls.Add(1)
 	r.at.Store(int64(time.Since(r.t0)))
 	r.end = end
@@ -334,4 +334,27 @@ func slots() *fakePeer {
 	f := &fakePeer{}
 	f.slot.Store(true)
 	return f
+}
+
+// TestWatchToldWhatIsUnmet: Watch learns which conditions the first round
+// left unmet, so that only those get a Peer.
+func TestWatchToldWhatIsUnmet(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var got []bool
+		watch := func(_ context.Context, _ context.CancelCauseFunc, unmet []bool) (Wakeups, error) {
+			got = slices.Clone(unmet)
+			return Wakeups{}, nil
+		}
+		ok := func(context.Context) error { return nil }
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		Run(ctx, []Condition{
+			{Name: "icmp://10.42.0.1", Kind: Active, Check: ok},
+			{Name: "link eth0", Kind: Local, Check: ok},
+			{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: hang},
+		}, Options{FirstRound: 20 * time.Millisecond, Watch: watch})
+		if want := []bool{false, false, true}; !slices.Equal(got, want) {
+			t.Errorf("Watch told unmet = %v, want %v", got, want)
+		}
+	})
 }

@@ -62,8 +62,8 @@ func RunIn(ctx context.Context, n *podns.NetNS, spec config.Spec, pod Pod, ends 
 	report := gate.Run(ctx, conds, gate.Options{
 		Interval: spec.Interval, MaxInterval: spec.MaxInterval, AttemptTimeout: spec.AttemptTimeout,
 		FirstRound: quickRound,
-		Watch: func(ctx context.Context, end context.CancelCauseFunc) (gate.Wakeups, error) {
-			w, err := watch(ctx, n, conds, end, ends)
+		Watch: func(ctx context.Context, end context.CancelCauseFunc, unmet []bool) (gate.Wakeups, error) {
+			w, err := watch(ctx, n, conds, unmet, end, ends)
 			watchErr = err
 			return w, err
 		},
@@ -78,7 +78,7 @@ func RunIn(ctx context.Context, n *podns.NetNS, spec config.Spec, pod Pod, ends 
 // the node's netns, the sharing of its probes with the other ADDs on the
 // node, and what ends the wait early, each calling end with its cause: the
 // pod's netns removed (podns.ErrRemoved), and the caller's ends.
-func watch(ctx context.Context, n *podns.NetNS, conds []gate.Condition, end context.CancelCauseFunc, ends []End) (gate.Wakeups, error) {
+func watch(ctx context.Context, n *podns.NetNS, conds []gate.Condition, unmet []bool, end context.CancelCauseFunc, ends []End) (gate.Wakeups, error) {
 	var stops []func()
 	closeAll := func() {
 		for _, stop := range slices.Backward(stops) {
@@ -103,7 +103,7 @@ func watch(ctx context.Context, n *podns.NetNS, conds []gate.Condition, end cont
 		stops = append(stops, e(ctx, end))
 	}
 
-	w := share(conds)
+	w := share(conds, unmet)
 	stops = append(stops, w.Close)
 	w.PodChanged, w.NodeChanged, w.Close = podChanged, nodeChanged, closeAll
 	// An error leaves the watcher as it was: a follower woken by node
@@ -122,11 +122,13 @@ func watch(ctx context.Context, n *podns.NetNS, conds []gate.Condition, end cont
 // for tests, which run many simulated nodes on one host.
 const RunDirEnv = "NETREADY_RUN_DIR"
 
-// share seats every active condition at its target's table under
+// share seats every unmet active condition at its target's table under
 // /run/netready, so that the ADDs waiting on one target on this node probe
 // it once between them. What cannot be shared is probed alone, as without
-// coordination, and the notes say why (for the log).
-func share(conds []gate.Condition) gate.Wakeups {
+// coordination, and the notes say why (for the log). A target that already
+// answered this ADD (its gateway, often) gets no seat: the seat's waiter
+// would only wake it for the others' answers.
+func share(conds []gate.Condition, unmet []bool) gate.Wakeups {
 	dir := os.Getenv(RunDirEnv)
 	if dir == "" {
 		dir = coord.DefaultDir
@@ -137,7 +139,7 @@ func share(conds []gate.Condition) gate.Wakeups {
 	}
 	w := gate.Wakeups{Peers: make([]gate.Peer, len(conds)), PeerAnswered: node.Answered(), Close: func() { node.Close() }}
 	for i, c := range conds {
-		if c.Kind != gate.Active {
+		if c.Kind != gate.Active || !unmet[i] {
 			continue
 		}
 		t, err := node.Target(c.Name)

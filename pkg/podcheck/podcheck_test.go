@@ -236,3 +236,40 @@ func BenchmarkRunReady(b *testing.B) {
 		}
 	}
 }
+
+// TestShareSeatsOnlyUnmet: an active condition the first round met (the
+// gateway, usually) gets no seat under the coordination directory, and a
+// local one none either.
+func TestShareSeatsOnlyUnmet(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o700); err != nil { // coord refuses a directory others may read
+		t.Fatal(err)
+	}
+	t.Setenv(RunDirEnv, dir)
+	conds := []gate.Condition{
+		{Name: "gateway 10.42.0.1", Kind: gate.Active},
+		{Name: "link eth0", Kind: gate.Local},
+		{Name: "tcp://10.0.0.5:5432", Kind: gate.Active},
+	}
+	w := share(conds, []bool{false, true, true})
+	defer w.Close()
+	if len(w.Notes) > 0 {
+		t.Fatalf("notes %q: the directory should be usable", w.Notes)
+	}
+	if w.Peers[0] != nil || w.Peers[1] != nil || w.Peers[2] == nil {
+		t.Errorf("peers %v, want one for the unmet active condition only", w.Peers)
+	}
+	before, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w2 := share(conds, []bool{true, true, true})
+	defer w2.Close()
+	after, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) <= len(before) {
+		t.Errorf("%d files under the directory with the gateway seated too, %d without: seating it should add its own", len(after), len(before))
+	}
+}
