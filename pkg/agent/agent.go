@@ -207,12 +207,13 @@ func (a *Agent) Reconcile() error {
 	}
 	if act.Write != nil {
 		p := filepath.Join(a.ConfDir, install.OwnedName)
-		if err := install.WriteConflist(a.ConfDir, install.OwnedName, act.Write, []string{a.BinDir}); err != nil {
+		// The file as written, not a stat of p afterwards: another agent may rename its own
+		// over p in between, and this one's stop would then take that file for its own.
+		fi, err := install.WriteConflist(a.ConfDir, install.OwnedName, act.Write, []string{a.BinDir})
+		if err != nil {
 			return err
 		}
-		if a.mine, err = os.Stat(p); err != nil {
-			return fmt.Errorf("stat %s after writing it: %v", p, err)
-		}
+		a.mine = fi
 		a.Log.Info("owned conflist written", "path", p, "why", why, "primary", d.Primary)
 	}
 	if act.State != a.lastState {

@@ -365,7 +365,7 @@ func Apply(root string, steps []Step) (done []string, err error) {
 			for _, d := range s.BinDirs {
 				dirs = append(dirs, at(d))
 			}
-			err = WriteConflist(at(filepath.Dir(s.Path)), filepath.Base(s.Path), s.Data, dirs)
+			_, err = WriteConflist(at(filepath.Dir(s.Path)), filepath.Base(s.Path), s.Data, dirs)
 		case OpState, OpFile:
 			err = WriteFile(at(filepath.Dir(s.Path)), filepath.Base(s.Path), s.Data, 0o644)
 		case OpRemove:

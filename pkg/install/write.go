@@ -75,11 +75,15 @@ func pluginPresent(typ string, binDirs []string) bool {
 // (ValidateConflist), renames it over dir/name and fsyncs dir. On any error
 // the temp file is removed and dir/name is as it was. Temp files a killed
 // run left behind are removed first.
-func WriteConflist(dir, name string, data []byte, binDirs []string) error {
+//
+// It returns the file it put in place, as stat'ed before the rename: a stat
+// of dir/name after it returns may already see another writer's file (two
+// agents in a rolling update), which must not be taken for this one's.
+func WriteConflist(dir, name string, data []byte, binDirs []string) (os.FileInfo, error) {
 	removeStaleTemps(dir, name)
 	tmp, err := writeTemp(dir, name, data, 0o644)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	onDisk, err := os.ReadFile(tmp)
 	if err == nil && !bytes.Equal(onDisk, data) {
@@ -91,9 +95,14 @@ func WriteConflist(dir, name string, data []byte, binDirs []string) error {
 	step("validated")
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("refusing to put %s in place, %s is unchanged: %v", name, filepath.Join(dir, name), err)
+		return nil, fmt.Errorf("refusing to put %s in place, %s is unchanged: %v", name, filepath.Join(dir, name), err)
 	}
-	return renameSync(tmp, dir, name)
+	fi, err := os.Stat(tmp)
+	if err != nil {
+		os.Remove(tmp)
+		return nil, fmt.Errorf("cannot stat %s: %v", tmp, err)
+	}
+	return fi, renameSync(tmp, dir, name)
 }
 
 // InstallBinary copies src to binDir/name as a new file (0755, fsynced) and

@@ -114,7 +114,7 @@ func TestWriteConflistRefusesInvalid(t *testing.T) {
 		"not JSON":                `{"name":"cbr0",`,
 	} {
 		t.Run(name, func(t *testing.T) {
-			err := WriteConflist(dir, OwnedName, []byte(data), []string{bin})
+			_, err := WriteConflist(dir, OwnedName, []byte(data), []string{bin})
 			if err == nil || !strings.Contains(err.Error(), "unchanged") {
 				t.Fatalf("err = %v; want a refusal saying the file is unchanged", err)
 			}
@@ -134,7 +134,7 @@ func TestWriteConflistModeAndContent(t *testing.T) {
 	bin := binDirWith(t, "flannel", "portmap", "bandwidth", "netready")
 	data := mustOwned(t, k3sLive)
 	old := syscall.Umask(0o077)
-	err := WriteConflist(dir, OwnedName, []byte(data), []string{bin})
+	_, err := WriteConflist(dir, OwnedName, []byte(data), []string{bin})
 	syscall.Umask(old)
 	if err != nil {
 		t.Fatal(err)
@@ -173,7 +173,7 @@ func crashChild(at string) {
 	}
 	dir, bins := os.Getenv("NETREADY_TEST_DIR"), os.Getenv("NETREADY_TEST_BIN")
 	data, _ := os.ReadFile(os.Getenv("NETREADY_TEST_DATA"))
-	if err := WriteConflist(dir, OwnedName, data, []string{bins}); err != nil {
+	if _, err := WriteConflist(dir, OwnedName, data, []string{bins}); err != nil {
 		os.Stderr.WriteString(err.Error())
 		os.Exit(1)
 	}
@@ -231,7 +231,7 @@ func TestWriteConflistCrashAtEveryStep(t *testing.T) {
 					t.Fatalf("after a crash at %s containerd reads %s", at, path)
 				}
 				// The next run removes the leftover temp file and puts the new chain in place.
-				if err := WriteConflist(dir, OwnedName, []byte(newData), []string{bin}); err != nil {
+				if _, err := WriteConflist(dir, OwnedName, []byte(newData), []string{bin}); err != nil {
 					t.Fatal(err)
 				}
 				ents, _ := os.ReadDir(dir)
@@ -287,8 +287,47 @@ func BenchmarkWriteConflist(b *testing.B) {
 	obj, _ := PluginObject(Settings{})
 	data, _ := BuildOwned([]byte(k3sLive), obj)
 	for b.Loop() {
-		if err := WriteConflist(dir, OwnedName, data, []string{bin}); err != nil {
+		if _, err := WriteConflist(dir, OwnedName, data, []string{bin}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestWriteConflistReturnsItsOwnFile: the file WriteConflist returns is the
+// one it put in place, even when another writer renames its own over it at
+// once (two agents in a rolling update): a stat of the path after the
+// write would take the other's for this one's, and this one's stop would
+// then remove a file it does not own.
+func TestWriteConflistReturnsItsOwnFile(t *testing.T) {
+	dir := t.TempDir()
+	bin := binDirWith(t, "flannel", "portmap", "bandwidth", "netready")
+	data := mustOwned(t, k3sLive)
+	p := filepath.Join(dir, OwnedName)
+	var ours, theirs os.FileInfo
+	crashHook = func(s string) {
+		if s != "renamed" {
+			return
+		}
+		crashHook = nil
+		ours, _ = os.Stat(p)
+		other := filepath.Join(dir, ".other")
+		if err := os.WriteFile(other, []byte(data), 0o644); err != nil {
+			t.Error(err)
+		}
+		if err := os.Rename(other, p); err != nil {
+			t.Error(err)
+		}
+		theirs, _ = os.Stat(p)
+	}
+	defer func() { crashHook = nil }()
+	fi, err := WriteConflist(dir, OwnedName, []byte(data), []string{bin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ours == nil || theirs == nil {
+		t.Fatal("the hook did not run at the rename")
+	}
+	if !os.SameFile(fi, ours) || os.SameFile(fi, theirs) {
+		t.Errorf("WriteConflist returned %v; want the file it renamed into place, not the one renamed over it after", fi.Sys())
 	}
 }
