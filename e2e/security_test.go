@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -329,6 +330,21 @@ func secSettle(ctx context.Context, t *testing.T, netns ...*testbed.Netns) {
 	}
 }
 
+// secIP is `ip -n NETNS args...`'s standard output alone. To name a veth's peer netns, ip asks the
+// kernel about every file under /var/run/netns, and prints "Peer netns reference is invalid" on
+// standard error for one that another test is adding or removing at that moment: that is
+// neither netready's doing nor part of the netns's state.
+func secIP(ctx context.Context, n *testbed.Netns, args ...string) ([]byte, error) {
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"-n", n.Name}, args...)...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("ip -n %s %s: %w: %s", n.Name, strings.Join(args, " "), err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return out, nil
+}
+
 // secTimers matches what changes by itself in `ip -d link` (bridge and port timers) and `ip addr`
 // or `ip route` (lifetimes, expiry).
 var secTimers = regexp.MustCompile(`\b(\w+_timer) +[0-9.]+|\b(valid_lft|preferred_lft|expires) +[0-9]+sec`)
@@ -349,7 +365,7 @@ func secSnapshot(ctx context.Context, t *testing.T, netns ...*testbed.Netns) map
 			{"-4", "rule", "show"},
 			{"-6", "rule", "show"},
 		} {
-			out, err := n.IP(ctx, args...)
+			out, err := secIP(ctx, n, args...)
 			if err != nil {
 				t.Fatal(err)
 			}
