@@ -123,12 +123,33 @@ type Wakeups struct {
 	Poll      func()
 	PollEvery time.Duration
 
+	// Timer, if set, is what the gate sleeps on between wake-ups from
+	// Watch's return on, instead of a Go timer (a timerfd: see
+	// internal/fdtimer for why). Close closes it.
+	Timer Timer
+
 	// Notes go to Report.Notes (why a probe is not shared, say).
 	Notes []string
 	// Close, if set, stops what Watch started. The gate calls it before Run
 	// returns, once every attempt has finished.
 	Close func()
 }
+
+// Timer is what the gate sleeps on between wake-ups: a time.Timer's C,
+// Reset and Stop. A firing that a later Reset made stale may still arrive
+// on C; the gate takes it as a spurious wake-up.
+type Timer interface {
+	C() <-chan time.Time
+	Reset(d time.Duration)
+	Stop()
+}
+
+// goTimer is a time.Timer as a Timer.
+type goTimer struct{ *time.Timer }
+
+func (t goTimer) C() <-chan time.Time   { return t.Timer.C }
+func (t goTimer) Reset(d time.Duration) { t.Timer.Reset(d) }
+func (t goTimer) Stop()                 { t.Timer.Stop() }
 
 // Peer is one ADD's seat at a target that several ADDs on the node wait on.
 // Its methods never block for long and never fail: a Peer that cannot
@@ -277,11 +298,17 @@ func (r *Report) Summary() string {
 	return strings.Join(parts, "; ")
 }
 
+// An attempt's timeout is kept by the gate, not by a context deadline: a
+// deadline is a Go timer (two, with the socket's poller deadline), and each
+// stays in the runtime's heap after the attempt is closed early, which most
+// are (MaxInFlight), to wake the idle process when it would have expired.
 type attempt struct {
-	cond    int
-	cancel  context.CancelFunc
-	dropped bool // closed by the gate to make room, or because its condition is met
-	woken   bool // a follower's attempt on another ADD's announced answer
+	cond     int
+	cancel   context.CancelFunc
+	deadline time.Time // closed by the gate, as timed out, from then on
+	dropped  bool      // closed by the gate to make room, or because its condition is met
+	expired  bool      // closed by the gate at its deadline
+	woken    bool      // a follower's attempt on another ADD's announced answer
 }
 
 type result struct {
@@ -359,10 +386,11 @@ func (r *run) loop() error {
 	} else if err := r.evalLocal(); err != nil {
 		return err
 	}
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
+	timer := r.sleepOn(goTimer{time.NewTimer(time.Hour)})
+	defer func() { timer.Stop() }()
 	for {
 		now := time.Now()
+		r.expire(now)
 		r.launchDue(now)
 		if r.allReady() {
 			return nil
@@ -372,6 +400,7 @@ func (r *run) loop() error {
 			if err := r.watch(now); err != nil {
 				return err
 			}
+			timer = r.sleepOn(timer)
 			continue // try every pending probe now
 		}
 		r.poll(now)
@@ -396,7 +425,7 @@ func (r *run) loop() error {
 			if err := r.finish(res); err != nil {
 				return err
 			}
-		case <-timer.C:
+		case <-timer.C():
 		}
 	}
 }
@@ -432,6 +461,16 @@ func (r *run) watch(now time.Time) error {
 		}
 	}
 	return r.evalLocal()
+}
+
+// sleepOn is the timer to sleep on once Watch has returned: its own, if it
+// gave one, and the gate's Go timer, stopped, is dropped.
+func (r *run) sleepOn(current Timer) Timer {
+	if r.wake.Timer == nil {
+		return current
+	}
+	current.Stop()
+	return r.wake.Timer
 }
 
 // wantNode tells Watch's NodeWanted whether a pending probe needs the
@@ -599,8 +638,8 @@ func (r *run) launch(i int, woken bool) {
 		// stays one packet, which is what the followers' budget counts.
 		timeout = min(timeout, followerAttemptTimeout)
 	}
-	ctx, cancel := context.WithTimeout(r.ctx, timeout)
-	a := &attempt{cond: i, cancel: cancel, woken: woken}
+	ctx, cancel := context.WithCancel(r.ctx)
+	a := &attempt{cond: i, cancel: cancel, deadline: time.Now().Add(timeout), woken: woken}
 	p.inflight = append(p.inflight, a)
 	r.status[i].Attempts++
 	r.running++
@@ -609,6 +648,18 @@ func (r *run) launch(i int, woken bool) {
 		err := check(ctx)
 		r.results <- result{a, err}
 	}()
+}
+
+// expire closes the attempts whose deadline has come.
+func (r *run) expire(now time.Time) {
+	for i := range r.probes {
+		for _, a := range r.probes[i].inflight {
+			if !a.dropped && !a.expired && !now.Before(a.deadline) {
+				a.expired = true
+				a.cancel()
+			}
+		}
+	}
 }
 
 func (r *run) drop(a *attempt) {
@@ -647,7 +698,7 @@ func (r *run) finish(res result) error {
 		return res.err
 	case a.dropped:
 		st.LastErr, st.LastCause = ErrNoAnswer, p.cause
-	case errors.Is(res.err, context.DeadlineExceeded):
+	case a.expired, errors.Is(res.err, context.DeadlineExceeded):
 		st.LastErr, st.LastCause = fmt.Errorf("no answer within %v", r.opt.AttemptTimeout), p.cause
 	default:
 		st.LastErr, st.LastCause, p.cause = res.err, nil, res.err
@@ -664,8 +715,14 @@ func (r *run) nextWake(now time.Time) time.Time {
 		wake = poll
 	}
 	for i := range r.conds {
-		if p := &r.probes[i]; r.pending(i) && p.next.Before(wake) {
+		p := &r.probes[i]
+		if r.pending(i) && p.next.Before(wake) {
 			wake = p.next
+		}
+		for _, a := range p.inflight {
+			if !a.dropped && !a.expired && a.deadline.Before(wake) {
+				wake = a.deadline
+			}
 		}
 	}
 	return wake

@@ -358,3 +358,49 @@ func TestWatchToldWhatIsUnmet(t *testing.T) {
 		}
 	})
 }
+
+// fakeTimer is a Wakeups.Timer on synctest's clock that counts its use.
+type fakeTimer struct {
+	t      *time.Timer
+	resets atomic.Int32
+}
+
+func (f *fakeTimer) C() <-chan time.Time   { return f.t.C }
+func (f *fakeTimer) Reset(d time.Duration) { f.resets.Add(1); f.t.Reset(d) }
+func (f *fakeTimer) Stop()                 { f.t.Stop() }
+
+// TestWatchTimer: once Watch hands the gate a Timer, the gate sleeps on it
+// and keeps its schedule; and an attempt's context has no deadline of its
+// own (the gate closes it at AttemptTimeout itself), so a waiting process
+// keeps no Go timer per attempt.
+func TestWatchTimer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ft := &fakeTimer{t: time.NewTimer(time.Hour)}
+		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+		defer cancel()
+		whole, _ := ctx.Deadline()
+		var deadlines atomic.Int32
+		rec := newRecorder(func(actx context.Context, _ int) error {
+			if d, ok := actx.Deadline(); ok && !d.Equal(whole) {
+				deadlines.Add(1)
+			}
+			return hang(actx)
+		})
+		rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+			Options{FirstRound: 20 * time.Millisecond, Watch: newWatch(Wakeups{Timer: ft}).watch, AttemptTimeout: 100 * time.Millisecond})
+		// After Watch at 20ms: 20, 30, 50, 90, then every 40ms to 490.
+		want := ms(0, 10, 20, 30, 50, 90, 130, 170, 210, 250, 290, 330, 370, 410, 450, 490)
+		if got := rec.startTimes(); !slices.Equal(got, want) {
+			t.Errorf("attempts at %v, want %v", got, want)
+		}
+		if n := ft.resets.Load(); n < int32(len(want)-2) {
+			t.Errorf("Watch's timer reset %d times, want one per wake-up at least: the gate slept on another", n)
+		}
+		if n := deadlines.Load(); n > 0 {
+			t.Errorf("%d attempts had a context deadline of their own, want none (each is a Go timer left behind when the attempt is closed early)", n)
+		}
+		if c := rep.Conditions[0]; c.LastErr == nil || c.LastErr.Error() != "no answer within 100ms" {
+			t.Errorf("LastErr %v, want the gate's own timeout: no answer within 100ms", c.LastErr)
+		}
+	})
+}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/netready/netready/internal/fdtimer"
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/coord"
 	"github.com/netready/netready/pkg/gate"
@@ -105,6 +106,15 @@ func watch(ctx context.Context, n *podns.NetNS, conds []gate.Condition, unmet []
 
 	w := share(conds, unmet)
 	stops = append(stops, w.Close)
+	// A timerfd to sleep on between attempts, which wakes this process once
+	// per attempt where a Go timer wakes it twice (internal/fdtimer). Without
+	// one the gate keeps its Go timer: more CPU, the same schedule.
+	if t, err := fdtimer.New(); err == nil {
+		w.Timer = t
+		stops = append(stops, func() { t.Close() })
+	} else {
+		w.Notes = append(w.Notes, "sleeping on a Go timer: "+err.Error())
+	}
 	w.PodChanged, w.NodeChanged, w.Close = podChanged, nodeChanged, closeAll
 	// An error leaves the watcher as it was: a follower woken by node
 	// events costs CPU, not correctness.
