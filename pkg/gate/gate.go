@@ -299,9 +299,11 @@ func (r *Report) Summary() string {
 }
 
 // An attempt's timeout is kept by the gate, not by a context deadline: a
-// deadline is a Go timer (two, with the socket's poller deadline), and each
-// stays in the runtime's heap after the attempt is closed early, which most
-// are (MaxInFlight), to wake the idle process when it would have expired.
+// deadline of its own would be a Go timer (two, with the poller deadline
+// that the probe sets on its socket from it), and each stays in the
+// runtime's heap after the attempt is closed early, which most are
+// (MaxInFlight), to wake the idle process when it would have expired. The
+// deadline an attempt's context does carry is the whole gate's.
 type attempt struct {
 	cond     int
 	cancel   context.CancelFunc
