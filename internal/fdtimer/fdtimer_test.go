@@ -1,9 +1,10 @@
 package fdtimer
 
 import (
-	"os"
 	"testing"
 	"time"
+
+	"github.com/netready/netready/internal/testns"
 )
 
 func newTimer(t *testing.T) *Timer {
@@ -71,13 +72,13 @@ func TestResetReplacesAndStopDisarms(t *testing.T) {
 }
 
 func TestCloseLeavesNothing(t *testing.T) {
-	before := openFDs(t)
+	before := testns.OpenFDs(t)
 	tm, err := New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	tm.Reset(time.Hour)
-	if got := openFDs(t); got != before+1 {
+	if got := testns.OpenFDs(t); got != before+1 {
 		t.Errorf("%d descriptors open with a timer, want %d: one timerfd", got, before+1)
 	}
 	done := make(chan error)
@@ -90,16 +91,7 @@ func TestCloseLeavesNothing(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not return: the waiting goroutine did not end")
 	}
-	if got := openFDs(t); got != before {
+	if got := testns.OpenFDs(t); got != before {
 		t.Errorf("%d descriptors open after Close, want %d", got, before)
 	}
-}
-
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }

@@ -153,3 +153,14 @@ func Run(t testing.TB, name string, args ...string) {
 		t.Fatal(err)
 	}
 }
+
+// OpenFDs counts this process's open file descriptors: what a test compares
+// before and after to show that nothing was left open.
+func OpenFDs(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}

@@ -169,7 +169,7 @@ func TestRunLeaksNothing(t *testing.T) {
 		}
 	}
 	run(1) // warm up: the runtime's own lazily made threads and fds
-	fds, goroutines, threads := countFDs(t), runtime.NumGoroutine(), countThreads(t)
+	fds, goroutines, threads := testns.OpenFDs(t), runtime.NumGoroutine(), countThreads(t)
 	for i := range runs {
 		run(i)
 	}
@@ -178,7 +178,7 @@ func TestRunLeaksNothing(t *testing.T) {
 	for runtime.NumGoroutine() > goroutines && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if got := countFDs(t); got > fds {
+	if got := testns.OpenFDs(t); got > fds {
 		t.Errorf("open fds %d -> %d after %d runs", fds, got, runs)
 	}
 	if got := runtime.NumGoroutine(); got > goroutines {
@@ -189,15 +189,6 @@ func TestRunLeaksNothing(t *testing.T) {
 	if got := countThreads(t); got > threads+4 {
 		t.Errorf("OS threads %d -> %d after %d runs", threads, got, runs)
 	}
-}
-
-func countFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 func countThreads(t *testing.T) int {

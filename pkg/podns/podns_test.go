@@ -177,13 +177,13 @@ func TestSocketsMadeAhead(t *testing.T) {
 	name, path := addNetNS(t)
 	ip(t, "-n", name, "link", "add", "nrv0", "type", "veth", "peer", "name", "nrv1")
 	ip(t, "-n", name, "addr", "add", "192.0.2.77/32", "dev", "nrv0")
-	before := openFDs(t)
+	before := testns.OpenFDs(t)
 	n, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer n.Close()
-	base := openFDs(t)
+	base := testns.OpenFDs(t)
 	var handed []int
 	defer func() {
 		for _, fd := range handed {
@@ -212,17 +212,17 @@ func TestSocketsMadeAhead(t *testing.T) {
 			t.Fatalf("bind to the pod netns's 192.0.2.77: %v, want every socket in the pod netns", err)
 		}
 	}
-	if got := openFDs(t) - base; got != 7 {
+	if got := testns.OpenFDs(t) - base; got != 7 {
 		t.Errorf("after 7 stream sockets in batches of 1, 2 and 4: %d more descriptors open, want 7", got)
 	}
 	get(syscall.SOCK_STREAM, 0) // a batch of 8: 7 made ahead
-	if got := openFDs(t) - base; got != 8+7 {
+	if got := testns.OpenFDs(t) - base; got != 8+7 {
 		t.Errorf("after the 8th stream socket: %d more descriptors open, want 15 (8 handed out, 7 ahead)", got)
 	}
 	for range 3 {
 		get(syscall.SOCK_RAW, syscall.IPPROTO_ICMP)
 	}
-	if got := openFDs(t) - base; got != 11+7 {
+	if got := testns.OpenFDs(t) - base; got != 11+7 {
 		t.Errorf("after 3 raw sockets: %d more descriptors open, want 18 (no raw socket made ahead)", got)
 	}
 	for _, fd := range handed {
@@ -232,19 +232,9 @@ func TestSocketsMadeAhead(t *testing.T) {
 	if err := n.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if got := openFDs(t); got != before {
+	if got := testns.OpenFDs(t); got != before {
 		t.Errorf("after Close: %d descriptors open, want %d as before Open (the sockets made ahead closed)", got, before)
 	}
-}
-
-// openFDs counts the process's open file descriptors.
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 func TestGone(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/net/dns/dnsmessage"
 
+	"github.com/netready/netready/internal/testns"
 	"github.com/netready/netready/pkg/config"
 )
 
@@ -226,24 +227,15 @@ func TestNoLeak(t *testing.T) {
 	for _, p := range ps {
 		attempt(p) // let the runtime open what it keeps open (epoll, ...)
 	}
-	before := openFDs(t)
+	before := testns.OpenFDs(t)
 	for range 20 {
 		for _, p := range ps {
 			attempt(p)
 		}
 	}
-	if after := openFDs(t); after != before {
+	if after := testns.OpenFDs(t); after != before {
 		t.Errorf("%d file descriptors open before the attempts, %d after", before, after)
 	}
-}
-
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 // TestNewErrors: New checks nothing config.ParseProbe checked; what is left
