@@ -65,7 +65,7 @@ type options struct {
 	blockedWait   time.Duration   // blocked fanout: how long they wait before the path opens (20s)
 	randSeed      uint64          // of the openings, so that two runs see the same ones
 	budget        time.Duration   // the whole run, builds included
-	only          map[string]bool // stages to run (overhead, detect, fanout, idle, blocked); nil: all
+	only          map[string]bool // stages to run (overhead, detect, fanout, idle, blocked, idleone); nil: all but idleone (blocked runs it)
 	netready      string          // a netready binary to measure instead of one built from this checkout
 
 	jsonPath string // BENCH_JSON
@@ -113,7 +113,7 @@ func main() {
 	blockedWait := flag.Duration("blocked-wait", 0, "blocked: how long they wait (default 20s, quick 4s)")
 	randSeed := flag.Uint64("rand", 0, "seed of the random openings (default 1)")
 	netreadyBin := flag.String("netready", "", "measure this netready binary (e.g. a candidate fix built elsewhere) instead of building ./plugin/netready")
-	only := flag.String("only", "", "run only these stages, comma-separated: overhead, detect, fanout, idle, blocked (the others' figures are null)")
+	only := flag.String("only", "", "run only these stages, comma-separated: overhead, detect, fanout, idle, blocked, idleone (blocked's last round alone; the others' figures are null)")
 	flag.Parse()
 
 	o := full()
@@ -215,8 +215,10 @@ func run(ctx context.Context, o options, out io.Writer) (*Figures, error) {
 		{"fanout", func() error { return m.fanout(f, res) }},
 		{"idle", func() error { return m.idleAndRate(f, res) }},
 		{"blocked", func() error { return m.blocked(f, res) }},
+		// blocked ends with idle one; run alone (-only idleone), it is the same round.
+		{"idleone", func() error { _, err := m.idleOne(f, res); return err }},
 	} {
-		if o.only != nil && !o.only[stage.name] {
+		if o.only == nil && stage.name == "idleone" || o.only != nil && !o.only[stage.name] {
 			continue
 		}
 		t := time.Now()
