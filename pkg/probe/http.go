@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 
 	"github.com/netready/netready/pkg/config"
 )
@@ -60,10 +61,12 @@ func newHTTP(p config.Probe, s Sockets) (*httpProber, error) {
 }
 
 func (p *httpProber) Attempt(ctx context.Context) error {
-	f, err := dialTCP(ctx, p.socks, p.dst, &p.recvErr)
+	fd, err := dialTCP(ctx, p.socks, p.dst, &p.recvErr)
 	if err != nil {
 		return err
 	}
+	// The rest of the exchange reads and writes through Go's poller.
+	f := os.NewFile(uintptr(fd), "probe")
 	c, err := net.FileConn(f)
 	f.Close()
 	if err != nil {

@@ -160,10 +160,11 @@ func (r *recvErr) set(fd int, v6 bool) error {
 	if !r.on.Load() {
 		return nil
 	}
+	on := int32(1)
 	if v6 {
-		return unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVERR, 1)
+		return setsockoptRaw(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVERR, unsafe.Pointer(&on), 4)
 	}
-	return unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1)
+	return setsockoptRaw(fd, unix.IPPROTO_IP, unix.IP_RECVERR, unsafe.Pointer(&on), 4)
 }
 
 // errQueueSpace holds one sock_extended_err with its offender's address.

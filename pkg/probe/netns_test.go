@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
 
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/podns"
@@ -373,4 +374,84 @@ func TestNetNSRejects(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestTCPAttemptsShareOneEpollSet: TCP attempts in flight are watched in
+// one epoll set of the process's, which is closed when the last leaves; a
+// cancelled attempt returns at once, and a socket still connecting is not
+// taken for connected when it is told of an event (a reused number's).
+func TestTCPAttemptsShareOneEpollSet(t *testing.T) {
+	needRoot(t)
+	podPath, _ := topology(t)
+	pod := openNetNS(t, podPath)
+	waitUp(t, pod, peer4)
+
+	epolls := func() int {
+		t.Helper()
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range ents {
+			if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && l == "anon_inode:[eventpoll]" {
+				n++
+			}
+		}
+		return n
+	}
+	users := func() int {
+		watchSet.Lock()
+		defer watchSet.Unlock()
+		return watchSet.users
+	}
+	base := epolls() // Go's own poller
+
+	p, err := New(tcpProbe(netip.AddrPortFrom(noHost4, 80), false), pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 8
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errs := make(chan error, n)
+	for range n {
+		go func() { errs <- p.Attempt(ctx) }()
+	}
+	for deadline := time.Now().Add(5 * time.Second); users() < n; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d attempts watched after 5s", users(), n)
+		}
+	}
+	if got := epolls() - base; got != 1 {
+		t.Errorf("%d attempts in flight: %d epoll sets of netready's, want 1", n, got)
+	}
+
+	// A wake-up for a socket still in SYN_SENT is not an answer.
+	fd, err := pod.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_TCP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := sockaddr(fd, netip.AddrPortFrom(noHost4, 80))
+	if err := unix.Connect(fd, sa); err != unix.EINPROGRESS {
+		t.Fatalf("connect: %v, want EINPROGRESS", err)
+	}
+	if done, err := handshake(fd, netip.AddrPortFrom(noHost4, 80), &recvErr{}, true); done {
+		t.Errorf("handshake of a socket still connecting: done, %v", err)
+	}
+	unix.Close(fd)
+
+	start := time.Now()
+	cancel()
+	for range n {
+		if err := <-errs; !errors.Is(err, context.Canceled) {
+			t.Errorf("cancelled attempt: %v, want context.Canceled", err)
+		}
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("cancelled attempts took %v to return", took)
+	}
+	if got := epolls(); got != base || users() != 0 {
+		t.Errorf("after the last attempt: %d epoll sets (%d before), %d watched; want the set closed", got, base, users())
+	}
 }

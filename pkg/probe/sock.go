@@ -2,12 +2,14 @@ package probe
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"os"
 	"strconv"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -57,24 +59,32 @@ func sockaddr(fd int, dst netip.AddrPort) (unix.Sockaddr, error) {
 	if a.Is4() {
 		return &unix.SockaddrInet4{Port: int(dst.Port()), Addr: a.As4()}, nil
 	}
-	sa := &unix.SockaddrInet6{Port: int(dst.Port()), Addr: a.As16()}
-	if zone := a.Zone(); zone != "" {
-		if n, err := strconv.ParseUint(zone, 10, 32); err == nil {
-			sa.ZoneId = uint32(n)
-			return sa, nil
-		}
-		// Resolve the name through the socket: net.InterfaceByName would look
-		// in the netns of the calling thread, not in the pod's.
-		ifr, err := unix.NewIfreq(zone)
-		if err == nil {
-			err = unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifr)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("interface %q: %w", zone, err)
-		}
-		sa.ZoneId = ifr.Uint32()
+	zone, err := zoneID(fd, a.Zone())
+	if err != nil {
+		return nil, err
 	}
-	return sa, nil
+	return &unix.SockaddrInet6{Port: int(dst.Port()), Addr: a.As16(), ZoneId: zone}, nil
+}
+
+// zoneID is the index of the interface an IPv6 zone names, a number or a
+// name, or 0 for no zone.
+func zoneID(fd int, zone string) (uint32, error) {
+	if zone == "" {
+		return 0, nil
+	}
+	if n, err := strconv.ParseUint(zone, 10, 32); err == nil {
+		return uint32(n), nil
+	}
+	// Resolve the name through the socket: net.InterfaceByName would look in
+	// the netns of the calling thread, not in the pod's.
+	ifr, err := unix.NewIfreq(zone)
+	if err == nil {
+		err = unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifr)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("interface %q: %w", zone, err)
+	}
+	return ifr.Uint32(), nil
 }
 
 // addrOf is the address in sa, or the zero Addr.
@@ -124,4 +134,38 @@ func ignoringEINTR(call func() error) error {
 			return err
 		}
 	}
+}
+
+// The raw syscalls below never block (the sockets are non-blocking), and
+// skip the runtime's entersyscall: see epoll.go for why that matters.
+
+// setsockoptRaw is setsockopt(2) as a raw syscall.
+func setsockoptRaw(fd, level, opt int, val unsafe.Pointer, n uintptr) error {
+	if _, _, errno := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(val), n, 0); errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// rawClose closes a socket that Go's poller never saw.
+func rawClose(fd int) {
+	unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
+}
+
+// rawSockaddr writes dst into raw, as connect(2) on fd takes it, and
+// returns its length.
+func rawSockaddr(fd int, dst netip.AddrPort, raw *unix.RawSockaddrInet6) (uintptr, error) {
+	// Port is in network byte order: its bytes as they are in memory.
+	port := binary.NativeEndian.Uint16(binary.BigEndian.AppendUint16(nil, dst.Port()))
+	if a := dst.Addr(); a.Is4() {
+		r4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(raw))
+		*r4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Port: port, Addr: a.As4()}
+		return unix.SizeofSockaddrInet4, nil
+	}
+	zone, err := zoneID(fd, dst.Addr().Zone())
+	if err != nil {
+		return 0, err
+	}
+	*raw = unix.RawSockaddrInet6{Family: unix.AF_INET6, Port: port, Addr: dst.Addr().As16(), Scope_id: zone}
+	return unix.SizeofSockaddrInet6, nil
 }
