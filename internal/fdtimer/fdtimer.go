@@ -84,14 +84,20 @@ func (t *Timer) Stop() {
 	t.settime(unix.ItimerSpec{})
 }
 
-// settime sets the timerfd through the RawConn: File.Fd would put the file
-// back in blocking mode.
+// settime sets the timerfd through the RawConn (File.Fd would put the file
+// back in blocking mode), with a raw syscall: it never blocks, and
+// unix.TimerfdSettime would wake sysmon at every re-arm.
 func (t *Timer) settime(its unix.ItimerSpec) error {
-	var err error
-	if cerr := t.rc.Control(func(fd uintptr) { err = unix.TimerfdSettime(int(fd), 0, &its, nil) }); cerr != nil {
+	var errno unix.Errno
+	if cerr := t.rc.Control(func(fd uintptr) {
+		_, _, errno = unix.RawSyscall6(unix.SYS_TIMERFD_SETTIME, fd, 0, uintptr(unsafe.Pointer(&its)), 0, 0, 0)
+	}); cerr != nil {
 		return cerr
 	}
-	return err
+	if errno != 0 {
+		return os.NewSyscallError("timerfd_settime", errno)
+	}
+	return nil
 }
 
 // Close stops the timer and its goroutine, and returns once it has ended.
@@ -105,21 +111,24 @@ func (t *Timer) Close() error {
 func (t *Timer) wait() {
 	defer close(t.done)
 	var n uint64 // expirations since the last read
-	for {
-		err := t.rc.Read(func(fd uintptr) bool {
-			// A raw read: 8 bytes from a non-blocking timerfd never block,
-			// and syscall.Read would wake sysmon (see the package comment).
-			_, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&n)), unsafe.Sizeof(n))
-			return errno != unix.EAGAIN && errno != unix.EINTR
-		})
-		if err != nil {
-			return // closed
+	// The callback returns false after a firing too: the read drained the
+	// timerfd, so the poller can wait for the next edge without a read that
+	// would only say EAGAIN. Read returns only when the file is closed.
+	t.rc.Read(func(fd uintptr) bool {
+		// A raw read: 8 bytes from a non-blocking timerfd never block, and
+		// syscall.Read would wake sysmon (see the package comment).
+		_, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&n)), unsafe.Sizeof(n))
+		for errno == unix.EINTR {
+			_, _, errno = unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&n)), unsafe.Sizeof(n))
 		}
-		select {
-		case t.c <- time.Now():
-		default: // a firing is already waiting
+		if errno == 0 {
+			select {
+			case t.c <- time.Now():
+			default: // a firing is already waiting
+			}
 		}
-	}
+		return false
+	})
 }
 
 func absDiff(a, b time.Time) time.Duration {
