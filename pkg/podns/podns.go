@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"unsafe"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netns"
@@ -34,9 +35,10 @@ import (
 // asks the thread once per maxBatch attempts. Raw sockets (ICMP, netlink)
 // receive from the moment they exist, so they are made one at a time.
 type NetNS struct {
-	path string
-	id   fileID          // the namespace opened, to tell when path names it no more
-	view *netstate.NetNS // netlink, its socket made inside the namespace
+	path  string
+	cpath *byte           // path, NUL-terminated, for Gone
+	id    fileID          // the namespace opened, to tell when path names it no more
+	view  *netstate.NetNS // netlink, its socket made inside the namespace
 
 	mu     sync.RWMutex   // read-held while a request is sent, write-held by Close
 	reqs   chan socketReq // nil once closed
@@ -105,15 +107,20 @@ func Open(path string) (*NetNS, error) {
 	if t, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE); err != nil || t != unix.CLONE_NEWNET {
 		return nil, &badNetNS{fmt.Sprintf("netns %s is not a network namespace", path), ns.NSPathNotNSErr{}}
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, fmt.Errorf("netns %s: %w", path, os.NewSyscallError("fstat", err))
+	id, errno := statID(fd, nil)
+	if errno != 0 {
+		return nil, fmt.Errorf("netns %s: %w", path, os.NewSyscallError("statx", errno))
 	}
 	view, err := netstate.OpenAt(netns.NsHandle(fd))
 	if err != nil {
 		return nil, fmt.Errorf("netns %s: %w", path, err)
 	}
-	n := &NetNS{path: path, id: fileID{st.Dev, st.Ino}, view: view, reqs: make(chan socketReq), done: make(chan struct{})}
+	cpath, err := unix.BytePtrFromString(path)
+	if err != nil {
+		view.Close()
+		return nil, fmt.Errorf("netns %s: %w", path, err)
+	}
+	n := &NetNS{path: path, cpath: cpath, id: id, view: view, reqs: make(chan socketReq), done: make(chan struct{})}
 	entered := make(chan error)
 	go n.serve(fd, n.reqs, entered)
 	if err := <-entered; err != nil {
@@ -151,11 +158,15 @@ func (n *NetNS) serve(nsfd int, reqs <-chan socketReq, entered chan<- error) {
 		fds := make([]int, 0, req.n)
 		var err error
 		for range req.n {
-			var fd int
-			if fd, err = unix.Socket(k.domain, k.typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, k.proto); err != nil {
+			// A raw syscall: socket(2) does not block, and the ordinary
+			// wrapper would wake the runtime's sysmon thread (see
+			// probe/epoll.go).
+			fd, _, errno := unix.RawSyscall(unix.SYS_SOCKET, uintptr(k.domain), uintptr(k.typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC), uintptr(k.proto))
+			if errno != 0 {
+				err = errno
 				break
 			}
-			fds = append(fds, fd)
+			fds = append(fds, int(fd))
 		}
 		if len(fds) > 0 {
 			err = nil // the one asked for is there; the batch is only shorter
@@ -267,13 +278,32 @@ func (n *NetNS) Removed() error {
 // Gone reports whether the path no longer names the namespace that was
 // opened. An unmounted bind mount leaves a plain empty file behind until it
 // is removed: its inode then differs from the namespace's.
+//
+// The stat is a raw syscall: a waiting ADD makes it once a second, and the
+// ordinary wrapper would wake the runtime's sysmon thread, which then polls
+// every 20 µs until the process is idle again (see probe/epoll.go). A path
+// under /var/run/netns or /proc does not block.
 func (n *NetNS) Gone() bool {
-	var st unix.Stat_t
-	if err := unix.Stat(n.path, &st); err != nil {
-		return true
-	}
-	return (fileID{st.Dev, st.Ino}) != n.id
+	id, errno := statID(unix.AT_FDCWD, n.cpath)
+	return errno != 0 || id != n.id
 }
+
+// statID is the fileID of path relative to dirfd, or of dirfd itself when
+// path is nil: statx(2) as a raw syscall.
+func statID(dirfd int, path *byte) (fileID, unix.Errno) {
+	flags := 0
+	if path == nil {
+		path, flags = &empty[0], unix.AT_EMPTY_PATH
+	}
+	var st unix.Statx_t
+	_, _, errno := unix.RawSyscall6(unix.SYS_STATX, uintptr(dirfd), uintptr(unsafe.Pointer(path)), uintptr(flags), unix.STATX_INO, uintptr(unsafe.Pointer(&st)), 0)
+	if errno != 0 {
+		return fileID{}, errno
+	}
+	return fileID{uint64(st.Dev_major)<<32 | uint64(st.Dev_minor), st.Ino}, 0
+}
+
+var empty = [1]byte{}
 
 // Close ends the namespace's thread, closes the sockets made ahead and the
 // netlink view. Sockets already handed out keep working.
