@@ -408,10 +408,11 @@ func pastTense(s Step) string {
 // WriteFile writes data to dir/name through a temp file, fsync and rename.
 func WriteFile(dir, name string, data []byte, mode os.FileMode) error {
 	removeStaleTemps(dir, name)
-	tmp, err := writeTemp(dir, name, data, mode)
+	tmp, lock, err := writeTemp(dir, name, data, mode)
 	if err != nil {
 		return err
 	}
+	defer lock.Close()
 	return renameSync(tmp, dir, name)
 }
 

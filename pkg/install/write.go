@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/containernetworking/cni/libcni"
 )
@@ -18,8 +19,8 @@ import (
 var ConfExtensions = []string{".conf", ".conflist", ".json"}
 
 // tempMarker is in the name of every temp file this package writes. A temp
-// name ends in ".netready-tmp-<pid>", an extension libcni never lists, so a
-// half-written file is never a candidate for containerd.
+// name ends in ".netready-tmp-<random>", an extension libcni never lists, so
+// a half-written file is never a candidate for containerd.
 const tempMarker = ".netready-tmp-"
 
 // crashHook, when set (tests only), is called after each step of a write,
@@ -81,10 +82,11 @@ func pluginPresent(typ string, binDirs []string) bool {
 // agents in a rolling update), which must not be taken for this one's.
 func WriteConflist(dir, name string, data []byte, binDirs []string) (os.FileInfo, error) {
 	removeStaleTemps(dir, name)
-	tmp, err := writeTemp(dir, name, data, 0o644)
+	tmp, lock, err := writeTemp(dir, name, data, 0o644)
 	if err != nil {
 		return nil, err
 	}
+	defer lock.Close()
 	onDisk, err := os.ReadFile(tmp)
 	if err == nil && !bytes.Equal(onDisk, data) {
 		err = errors.New("the temp file reads back different bytes")
@@ -114,20 +116,26 @@ func InstallBinary(src, binDir, name string) error {
 		return fmt.Errorf("cannot read the binary to install: %v", err)
 	}
 	removeStaleTemps(binDir, name)
-	tmp, err := writeTemp(binDir, name, data, 0o755)
+	tmp, lock, err := writeTemp(binDir, name, data, 0o755)
 	if err != nil {
 		return err
 	}
+	defer lock.Close()
 	return renameSync(tmp, binDir, name)
 }
 
-// writeTemp writes data to a fresh temp file in dir, fsyncs it and sets mode.
-func writeTemp(dir, name string, data []byte, mode os.FileMode) (string, error) {
-	tmp := filepath.Join(dir, "."+name+tempMarker+fmt.Sprint(os.Getpid()))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_EXCL, 0o600)
+// writeTemp writes data to a fresh temp file in dir, fsyncs it and sets
+// mode. The file stays locked (flock) until the caller closes lock, after
+// renaming or removing it: removeStaleTemps leaves a locked temp alone, and
+// the kernel drops the lock when its holder dies. Its name is unique: two
+// writers of one dir (two agents in a rolling update, each perhaps pid 1 in
+// its own pid namespace) never share a temp file.
+func writeTemp(dir, name string, data []byte, mode os.FileMode) (tmp string, lock *os.File, err error) {
+	f, err := createLocked(dir, name)
 	if err != nil {
-		return "", fmt.Errorf("cannot create a temp file in %s: %v", dir, err)
+		return "", nil, fmt.Errorf("cannot create a temp file in %s: %v", dir, err)
 	}
+	tmp = f.Name()
 	step("created")
 	half := len(data) / 2
 	_, err = f.Write(data[:half])
@@ -140,18 +148,64 @@ func writeTemp(dir, name string, data []byte, mode os.FileMode) (string, error) 
 		err = f.Sync()
 	}
 	step("synced")
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
 	if err == nil {
 		// chmod, not the umask-filtered create mode: the node's umask must not decide.
-		err = os.Chmod(tmp, mode)
+		err = f.Chmod(mode)
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return "", fmt.Errorf("cannot write %s: %v", tmp, err)
+		f.Close()
+		return "", nil, fmt.Errorf("cannot write %s: %v", tmp, err)
 	}
-	return tmp, nil
+	return tmp, f, nil
+}
+
+// createLocked creates a temp file for name in dir and locks it. Another
+// writer's removeStaleTemps can take the lock between the create and the
+// flock and remove the file; then it has no link left, and a new one is made.
+func createLocked(dir, name string) (*os.File, error) {
+	for range 5 {
+		f, err := os.CreateTemp(dir, "."+name+tempMarker+"*")
+		if err != nil {
+			return nil, err
+		}
+		var fi os.FileInfo
+		err = flock(f, syscall.LOCK_EX)
+		if err == nil {
+			fi, err = f.Stat()
+		}
+		if err != nil {
+			os.Remove(f.Name())
+			f.Close()
+			return nil, err
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Nlink > 0 {
+			return f, nil
+		}
+		f.Close()
+	}
+	return nil, errors.New("another writer removed each temp file as it was made")
+}
+
+func flock(f *os.File, how int) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			if ferr = syscall.Flock(int(fd), how); ferr != syscall.EINTR {
+				return
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	if ferr != nil {
+		return os.NewSyscallError("flock", ferr)
+	}
+	return nil
 }
 
 // renameSync renames tmp to dir/name and fsyncs dir, so the new name
@@ -179,12 +233,38 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// removeStaleTemps removes temp files for name that a killed run left in dir.
+// removeStaleTemps removes the temp files for name in dir that no live
+// writer holds: those a killed run left behind. A temp file whose lock it
+// cannot take is another writer's, still being written.
 func removeStaleTemps(dir, name string) {
-	stale, _ := filepath.Glob(filepath.Join(dir, "."+name+tempMarker+"*"))
-	for _, f := range stale {
-		os.Remove(f)
+	temps, _ := filepath.Glob(filepath.Join(dir, "."+name+tempMarker+"*"))
+	for _, p := range temps {
+		removeIfUnlocked(p)
 	}
+}
+
+func removeIfUnlocked(p string) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		os.Remove(p) // a symlink: no writer of ours made it
+		return
+	}
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if flock(f, syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+		return // held: a live writer's
+	}
+	// Still the file that was locked, not one made under its name since.
+	held, err := f.Stat()
+	if err != nil {
+		return
+	}
+	if now, err := os.Lstat(p); err != nil || !os.SameFile(held, now) {
+		return
+	}
+	os.Remove(p)
 }
 
 // FirstConflist returns the path and bytes of the file containerd will load

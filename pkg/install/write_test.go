@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -160,6 +161,10 @@ var crashSteps = []string{"created", "half-written", "written", "synced", "valid
 func TestMain(m *testing.M) {
 	if step := os.Getenv("NETREADY_TEST_CRASH_AT"); step != "" {
 		crashChild(step)
+		return
+	}
+	if n := os.Getenv("NETREADY_TEST_WRITES"); n != "" {
+		writerChild(n)
 		return
 	}
 	os.Exit(m.Run())
@@ -329,5 +334,111 @@ func TestWriteConflistReturnsItsOwnFile(t *testing.T) {
 	}
 	if !os.SameFile(fi, ours) || os.SameFile(fi, theirs) {
 		t.Errorf("WriteConflist returned %v; want the file it renamed into place, not the one renamed over it after", fi.Sys())
+	}
+}
+
+// TestLiveWritersTempIsLeftAlone: a temp file another writer holds is not
+// a crashed run's leftover; once its writer is gone, it is.
+func TestLiveWritersTempIsLeftAlone(t *testing.T) {
+	dir := t.TempDir()
+	bin := binDirWith(t, "flannel", "portmap", "bandwidth", "netready")
+	data := mustOwned(t, k3sLive)
+	theirs := filepath.Join(dir, "."+OwnedName+tempMarker+"4242")
+	if err := os.WriteFile(theirs, []byte("half a ch"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	held, err := os.Open(theirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := WriteConflist(dir, OwnedName, []byte(data), []string{bin}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(theirs); err != nil {
+		t.Fatalf("a write removed another writer's temp file, still locked: %v", err)
+	}
+	held.Close() // its writer dies
+	if _, err := WriteConflist(dir, OwnedName, []byte(data), []string{bin}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(theirs); !os.IsNotExist(err) {
+		t.Fatalf("a dead writer's temp file is still there after the next write (%v)", err)
+	}
+}
+
+// writerChild writes the owned conflist n times, from two goroutines at
+// once: a process of TestConcurrentWriters.
+func writerChild(n string) {
+	dir, bins := os.Getenv("NETREADY_TEST_DIR"), os.Getenv("NETREADY_TEST_BIN")
+	data, _ := os.ReadFile(os.Getenv("NETREADY_TEST_DATA"))
+	times, _ := strconv.Atoi(n)
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			for range times {
+				if _, err := WriteConflist(dir, OwnedName, data, []string{bins}); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			os.Stderr.WriteString(err.Error())
+			os.Exit(1)
+		}
+	}
+	os.Exit(0)
+}
+
+// TestConcurrentWriters: writers of one conf dir at once (two agents in a
+// rolling update, a reconcile and an install, each process perhaps pid 1 in
+// its own namespace) never fail each other's writes, and leave nothing but
+// the conflists behind.
+func TestConcurrentWriters(t *testing.T) {
+	dir := t.TempDir()
+	bin := binDirWith(t, "flannel", "portmap", "bandwidth", "netready")
+	data := mustOwned(t, k3sLive)
+	if err := os.WriteFile(filepath.Join(dir, PrimaryName), []byte(k3sLive), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dataFile := filepath.Join(t.TempDir(), "new")
+	if err := os.WriteFile(dataFile, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var cmds []*exec.Cmd
+	var outs []*bytes.Buffer
+	for range 3 {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), "NETREADY_TEST_WRITES=40", "NETREADY_TEST_DIR="+dir,
+			"NETREADY_TEST_BIN="+bin, "NETREADY_TEST_DATA="+dataFile)
+		out := new(bytes.Buffer)
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds, outs = append(cmds, cmd), append(outs, out)
+	}
+	for i, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("writer %d: %v: %s", i, err, outs[i])
+		}
+	}
+	ents, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if len(names) != 2 {
+		t.Errorf("dir holds %v after the writers; want the two conflists", names)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, OwnedName)); string(got) != data {
+		t.Error("the owned conflist is not what the writers wrote")
 	}
 }
