@@ -686,6 +686,10 @@ func (r *run) finish(res result) error {
 	}
 	var perm permanentError
 	switch {
+	case a.dropped && res.err == context.Canceled:
+		// The common end of a waiting ADD's attempt, closed by a newer
+		// one: no need for errors.As's reflection to know it.
+		st.LastErr, st.LastCause = ErrNoAnswer, p.cause
 	case res.err == nil:
 		st.Ready, st.After = true, time.Since(r.start)
 		for _, b := range p.inflight {

@@ -82,6 +82,17 @@ func (e *terseError) Unwrap() error { return e.err }
 
 // ioErr turns an error from a socket call into what an operator reads.
 func ioErr(ctx context.Context, err error) error {
+	// The common cases first, without errors.As's reflection: a waiting
+	// ADD ends most of its attempts here, each closed by a newer one.
+	switch e := err.(type) {
+	case *ICMPError:
+		return e
+	case syscall.Errno:
+		return errnoErr(e)
+	}
+	if err == context.Canceled && ctx.Err() != nil {
+		return ctxErr(ctx)
+	}
 	var errno syscall.Errno
 	var icmpErr *ICMPError
 	switch {
