@@ -78,6 +78,14 @@ type Options struct {
 	// waits: only those need a Peer (a target already answered would only
 	// wake this ADD for the others' answers).
 	Watch func(ctx context.Context, end context.CancelCauseFunc, unmet []bool) (Wakeups, error)
+	// Detach makes Run return as soon as the outcome is known and close
+	// what the wait started (attempts in flight, Wakeups.Close) on a
+	// goroutine of its own; Report.Closed says when that is done. It is for
+	// a process that exits right after (the plugin), whose exit closes it
+	// all at once: closing it in order takes about a millisecond on a small
+	// VM (the node and pod watchers, the coordination, the timerfd), spent
+	// between the pod's network coming up and the runtime hearing of it.
+	Detach bool
 }
 
 // Wakeups are what Watch started: what wakes a waiting gate, how it shares
@@ -251,6 +259,9 @@ type Report struct {
 	// Notes are what the operator should know about how the gate ran, such
 	// as why a probe was not shared with the other ADDs on the node.
 	Notes []string
+	// Closed is closed once everything the run started is closed: before
+	// Run returns, or after it with Options.Detach.
+	Closed <-chan struct{}
 }
 
 // Ready reports whether every condition held when the gate returned.
@@ -355,7 +366,6 @@ type run struct {
 func Run(ctx context.Context, conds []Condition, opt Options) *Report {
 	opt.setDefaults()
 	ctx, end := context.WithCancelCause(ctx)
-	defer end(nil)
 	r := &run{
 		opt:      opt,
 		ctx:      ctx,
@@ -373,11 +383,22 @@ func Run(ctx context.Context, conds []Condition, opt Options) *Report {
 		r.probes[i] = probeState{interval: opt.Interval, next: r.start, tokens: eventBurst, refilled: r.start}
 	}
 	err := r.loop()
-	r.stopAll()
-	if r.wake.Close != nil {
-		r.wake.Close()
+	closed := make(chan struct{})
+	report := &Report{Conditions: r.status, Start: r.start, Waited: time.Since(r.start), Err: err, Notes: r.notes, Closed: closed}
+	closeAll := func() {
+		r.stopAll()
+		if r.wake.Close != nil {
+			r.wake.Close()
+		}
+		end(nil)
+		close(closed)
 	}
-	return &Report{Conditions: r.status, Start: r.start, Waited: time.Since(r.start), Err: err, Notes: r.notes}
+	if opt.Detach {
+		go closeAll()
+	} else {
+		closeAll()
+	}
+	return report
 }
 
 func (r *run) loop() error {

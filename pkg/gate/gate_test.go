@@ -412,3 +412,63 @@ func TestCancelStopsAndWaitsForAttempts(t *testing.T) {
 		}
 	})
 }
+
+// TestDetachReturnsBeforeClosing: with Detach, Run returns its report while
+// an attempt in flight is slow to close, and closes it and then the
+// Wakeups afterwards, and then Report.Closed; in order, Run waits for them.
+func TestDetachReturnsBeforeClosing(t *testing.T) {
+	for _, detach := range []bool{true, false} {
+		t.Run(map[bool]string{true: "detach", false: "in order"}[detach], func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				release := make(chan struct{})
+				var wakeClosed atomic.Bool
+				rec := newRecorder(func(ctx context.Context, n int) error {
+					if n > 0 {
+						return nil
+					}
+					<-ctx.Done()
+					<-release // a socket slow to close
+					return ctx.Err()
+				})
+				done := make(chan *Report, 1)
+				go func() {
+					done <- Run(t.Context(), []Condition{{Name: "db", Kind: Active, Check: rec.check}}, Options{
+						Interval: 10 * time.Millisecond, Detach: detach,
+						Watch: from(Wakeups{Close: func() { wakeClosed.Store(true) }}),
+					})
+				}()
+				time.Sleep(time.Second) // the second attempt answered long ago
+				var rep *Report
+				select {
+				case rep = <-done:
+					if !detach {
+						t.Fatal("Run returned before the attempt in flight was closed")
+					}
+					select {
+					case <-rep.Closed:
+						t.Fatal("Report.Closed is closed before the attempt in flight was")
+					default:
+					}
+					if wakeClosed.Load() {
+						t.Error("Wakeups.Close ran before the attempts in flight were closed")
+					}
+				default:
+					if detach {
+						t.Fatal("Run with Detach waited for the attempt in flight to close")
+					}
+				}
+				close(release)
+				if rep == nil {
+					rep = <-done
+				}
+				<-rep.Closed
+				if !wakeClosed.Load() {
+					t.Error("Report.Closed is closed but Wakeups.Close did not run")
+				}
+				if !rep.Ready() {
+					t.Errorf("report not ready: %s", rep.Summary())
+				}
+			})
+		})
+	}
+}

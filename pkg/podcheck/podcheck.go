@@ -40,17 +40,51 @@ type End func(ctx context.Context, end context.CancelCauseFunc) (stop func())
 // prevents gating at all (a missing netns, podns.IsBadNetNS; a netlink or
 // socket failure); unmet conditions are in the report.
 func Run(ctx context.Context, spec config.Spec, pod Pod, ends ...End) (*gate.Report, error) {
+	return openAndRun(ctx, spec, pod, false, ends)
+}
+
+// RunThenExit is Run for a process that exits as soon as it has the report
+// (the plugin's ADD): what the wait started, the pod's netns thread
+// included, is closed on a goroutine of its own (gate.Options.Detach),
+// which the process's exit usually cuts short, closing it all at once.
+func RunThenExit(ctx context.Context, spec config.Spec, pod Pod, ends ...End) (*gate.Report, error) {
+	return openAndRun(ctx, spec, pod, true, ends)
+}
+
+func openAndRun(ctx context.Context, spec config.Spec, pod Pod, detach bool, ends []End) (*gate.Report, error) {
 	n, err := podns.Open(pod.NetNS)
 	if err != nil {
 		return nil, err
 	}
-	defer n.Close()
-	return RunIn(ctx, n, spec, pod, ends...)
+	report, err := runIn(ctx, n, spec, pod, detach, ends)
+	if detach && report != nil {
+		go func() {
+			<-report.Closed
+			n.Close()
+		}()
+	} else {
+		n.Close()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return report, nil
 }
 
 // RunIn waits, within ctx, until every condition of spec holds in n, the
 // pod's netns, or one of ends ends the wait (Report.Err holds its cause).
 func RunIn(ctx context.Context, n *podns.NetNS, spec config.Spec, pod Pod, ends ...End) (*gate.Report, error) {
+	report, err := runIn(ctx, n, spec, pod, false, ends)
+	if err != nil {
+		return nil, err
+	}
+	return report, nil
+}
+
+// runIn is RunIn. It returns the gate's report, when the gate ran, with
+// its error: with detach the caller must not close n before
+// report.Closed.
+func runIn(ctx context.Context, n *podns.NetNS, spec config.Spec, pod Pod, detach bool, ends []End) (*gate.Report, error) {
 	conds, err := Conditions(spec, pod, n.View(), n)
 	if err != nil {
 		return nil, err
@@ -68,11 +102,9 @@ func RunIn(ctx context.Context, n *podns.NetNS, spec config.Spec, pod Pod, ends 
 			watchErr = err
 			return w, err
 		},
+		Detach: detach,
 	})
-	if watchErr != nil {
-		return nil, watchErr
-	}
-	return report, nil
+	return report, watchErr
 }
 
 // watch starts what a waiting gate needs: the wake-ups from the pod's and

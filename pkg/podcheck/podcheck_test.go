@@ -141,9 +141,11 @@ func TestRunMissingNetNS(t *testing.T) {
 }
 
 // TestRunLeaksNothing runs the gate 1000 times in one process, ready and not
-// ready, and checks that file descriptors, goroutines and OS threads come
+// ready, with Run and with RunThenExit (whose closing goes on after it
+// returns), and checks that file descriptors, goroutines and OS threads come
 // back to where they were: a long-lived caller (netready check in a loop,
-// a future daemon) must not grow.
+// a future daemon) must not grow, and what RunThenExit leaves to its
+// goroutine is closed even when the process lives on.
 func TestRunLeaksNothing(t *testing.T) {
 	pod, _, _ := testPod(t)
 	pod.Links[0].Addrs = pod.Links[0].Addrs[:1] // IPv4 only: ready
@@ -160,7 +162,11 @@ func TestRunLeaksNothing(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(t.Context(), budget)
 		defer cancel()
-		rep, err := Run(ctx, s, pod)
+		runs := Run
+		if i%2 == 1 {
+			runs = RunThenExit
+		}
+		rep, err := runs(ctx, s, pod)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -173,9 +179,10 @@ func TestRunLeaksNothing(t *testing.T) {
 	for i := range runs {
 		run(i)
 	}
-	// Goroutines that just closed a socket may need a moment to be gone.
+	// Goroutines that just closed a socket, and RunThenExit's closing, may
+	// need a moment to be done.
 	deadline := time.Now().Add(2 * time.Second)
-	for runtime.NumGoroutine() > goroutines && time.Now().Before(deadline) {
+	for (runtime.NumGoroutine() > goroutines || testns.OpenFDs(t) > fds) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if got := testns.OpenFDs(t); got > fds {

@@ -154,7 +154,9 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, network string, spec conf
 	// What ends a wait early besides the pod's netns going away: the
 	// runtime's signal, and the API server saying the pod is gone.
 	watch := newPodWatcher(pw, k8sPod, p.start)
-	report, err := podcheck.Run(ctx, spec, pod, endOnSignal, watch.End)
+	// The process exits right after this: what the wait started is left
+	// for the exit to close.
+	report, err := podcheck.RunThenExit(ctx, spec, pod, endOnSignal, watch.End)
 	if note := watch.Note(); note != "" && report != nil {
 		report.Notes = append(report.Notes, note)
 	}
