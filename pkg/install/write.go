@@ -163,17 +163,18 @@ func writeTemp(dir, name string, data []byte, mode os.FileMode) (tmp string, loc
 // createLocked creates a temp file for name in dir and locks it. Another
 // writer's removeStaleTemps can take the lock between the create and the
 // flock and remove the file; then it has no link left, and a new one is made.
+// A file system that cannot flock (none a conf dir is on, but the lock only
+// guards the cleanup) gets its temp file unlocked rather than a failed write.
 func createLocked(dir, name string) (*os.File, error) {
 	for range 5 {
 		f, err := os.CreateTemp(dir, "."+name+tempMarker+"*")
 		if err != nil {
 			return nil, err
 		}
-		var fi os.FileInfo
-		err = flock(f, syscall.LOCK_EX)
-		if err == nil {
-			fi, err = f.Stat()
+		if flock(f, syscall.LOCK_EX) != nil {
+			return f, nil
 		}
+		fi, err := f.Stat()
 		if err != nil {
 			os.Remove(f.Name())
 			f.Close()
