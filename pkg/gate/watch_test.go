@@ -21,7 +21,8 @@ type watchRecorder struct {
 	err     error
 	calls   atomic.Int32
 	at      atomic.Int64 // time.Duration since t0 of the last call
-	end     context.CancelCauseFunc
+	endMu   sync.Mutex
+	end     context.CancelCauseFunc // guarded by endMu
 	closed  atomic.Bool
 	running func() int32 // attempts running, read at Close
 	atClose atomic.Int32
@@ -32,7 +33,9 @@ func newWatch(w Wakeups) *watchRecorder { return &watchRecorder{t0: time.Now(), 
 func (r *watchRecorder) watch(_ context.Context, end context.CancelCauseFunc, unmet []bool) (Wakeups, error) {
 	r.calls.Add(1)
 	r.at.Store(int64(time.Since(r.t0)))
+	r.endMu.Lock()
 	r.end = end
+	r.endMu.Unlock()
 	w := r.w
 	w.Close = func() {
 		r.closed.Store(true)
@@ -41,6 +44,14 @@ func (r *watchRecorder) watch(_ context.Context, end context.CancelCauseFunc, un
 		}
 	}
 	return w, r.err
+}
+
+// stop calls the gate's end, from any goroutine.
+func (r *watchRecorder) stop(cause error) {
+	r.endMu.Lock()
+	end := r.end
+	r.endMu.Unlock()
+	end(cause)
 }
 
 func TestFirstRoundThenWatch(t *testing.T) {
@@ -170,7 +181,7 @@ func TestWatchEnds(t *testing.T) {
 		w.running = rec.live.Load
 		go func() {
 			time.Sleep(300 * time.Millisecond)
-			w.end(errGone)
+			w.stop(errGone)
 		}()
 		rep := Run(t.Context(), []Condition{{Name: "icmp://10.0.0.1", Kind: Active, Check: rec.check}},
 			Options{FirstRound: 20 * time.Millisecond, Watch: w.watch})
@@ -237,7 +248,7 @@ func (p *pollRecorder) poll() {
 	n := len(p.calls)
 	p.mu.Unlock()
 	if n == p.endAt {
-		p.w.end(p.cause)
+		p.w.stop(p.cause)
 	}
 }
 
