@@ -40,7 +40,7 @@ func TestAnnotations(t *testing.T) {
 	for deadline := time.Now().Add(time.Minute); msg == ""; {
 		evs, _ := n.API.PodEvents(ctx, ns, p.Name)
 		for _, e := range evs {
-			if e.Reason == "FailedCreatePodSandBox" && strings.Contains(e.Message, "pod network not ready after 3.") {
+			if e.Reason == "FailedCreatePodSandBox" && notReadyAfter3s.MatchString(e.Message) {
 				msg = e.Message
 			}
 		}

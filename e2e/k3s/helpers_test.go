@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -159,3 +160,8 @@ func applyBlocked(ctx context.Context, t *testing.T, n *Node, fault *testbed.Fau
 	}
 	return created, vethAt
 }
+
+// notReadyAfter3s is netready's timeout message at a 3 s budget: "3s" when the ADD answers
+// within half a millisecond of its deadline (it leaves its closing to its exit), "3.004s" when
+// later.
+var notReadyAfter3s = regexp.MustCompile(`pod network not ready after 3(\.\d+)?s`)

@@ -146,7 +146,7 @@ func failedADDLeavesLine(t *testing.T, n *Node, ns string) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if !strings.Contains(failed.Error, "not ready after 3.") || !strings.Contains(failed.Error, testbed.ProbeDB) || failed.Code != 11 {
+	if !notReadyAfter3s.MatchString(failed.Error) || !strings.Contains(failed.Error, testbed.ProbeDB) || failed.Code != 11 {
 		t.Errorf("the failed ADD's line does not say what was not ready after the 3 s timeout (CNI code 11): %+v", *failed)
 	}
 	t.Logf("a failed ADD's line in %s: outcome %s, code %d, %q", netreadyLog(n), failed.Outcome, failed.Code, failed.Error)
