@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/containernetworking/cni/libcni"
+	"golang.org/x/sys/unix"
 )
 
 // ConfExtensions are the file extensions containerd (go-cni) hands to
@@ -171,7 +172,7 @@ func createLocked(dir, name string) (*os.File, error) {
 		if err != nil {
 			return nil, err
 		}
-		if flock(f, syscall.LOCK_EX) != nil {
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX) != nil {
 			return f, nil
 		}
 		fi, err := f.Stat()
@@ -186,27 +187,6 @@ func createLocked(dir, name string) (*os.File, error) {
 		f.Close()
 	}
 	return nil, errors.New("another writer removed each temp file as it was made")
-}
-
-func flock(f *os.File, how int) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var ferr error
-	if err := rc.Control(func(fd uintptr) {
-		for {
-			if ferr = syscall.Flock(int(fd), how); ferr != syscall.EINTR {
-				return
-			}
-		}
-	}); err != nil {
-		return err
-	}
-	if ferr != nil {
-		return os.NewSyscallError("flock", ferr)
-	}
-	return nil
 }
 
 // renameSync renames tmp to dir/name and fsyncs dir, so the new name
@@ -245,8 +225,8 @@ func removeStaleTemps(dir, name string) {
 }
 
 func removeIfUnlocked(p string) {
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, syscall.ELOOP) {
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if errors.Is(err, unix.ELOOP) {
 		os.Remove(p) // a symlink: no writer of ours made it
 		return
 	}
@@ -254,7 +234,7 @@ func removeIfUnlocked(p string) {
 		return
 	}
 	defer f.Close()
-	if flock(f, syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
 		return // held: a live writer's
 	}
 	// Still the file that was locked, not one made under its name since.
