@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/netready/netready/pkg/config"
@@ -23,8 +24,9 @@ const (
 	// a change: never on a timer.
 	Local Kind = iota
 	// Active conditions send packets (a probe, the gateway ping). Each
-	// attempt runs on its own goroutine with a fresh socket, on a backing-off
-	// schedule plus an immediate extra attempt on every change.
+	// attempt has a fresh socket and runs on its own goroutine, or on the
+	// gate's when the condition has Start, on a backing-off schedule plus
+	// an immediate extra attempt on every change.
 	Active
 )
 
@@ -43,6 +45,27 @@ type Condition struct {
 	// must return promptly once ctx is done. An error wrapped by Permanent
 	// ends the whole gate at once: waiting longer cannot help.
 	Check func(ctx context.Context) error
+	// Start, if set, is how the gate makes an attempt of an Active
+	// condition, instead of a goroutine running Check: it sends one without
+	// blocking. It returns the attempt in flight, or nil when the attempt
+	// ended inside the call, with err its outcome as Check's. ready is
+	// called, from any goroutine, possibly before Start returns and after
+	// the attempt ended, each time the attempt may have ended; it does not
+	// block. A waiting ADD makes about 25 attempts a second, and a goroutine
+	// and a context for each cost more than the attempt's own syscalls.
+	Start func(ready func()) (Attempt, error)
+}
+
+// Attempt is an attempt in flight, made by Condition.Start. The gate uses
+// it from its own goroutine only.
+type Attempt interface {
+	// Result reports whether the attempt has ended and how (nil: it was
+	// answered). The gate asks after each call of ready, until it has
+	// ended or been closed.
+	Result() (done bool, err error)
+	// Close ends the attempt, ended or not, and frees what it holds.
+	// ready is not called once Close has returned. The gate calls it once.
+	Close()
 }
 
 // Options tune the wait. Zero values take the defaults noted.
@@ -317,11 +340,13 @@ func (r *Report) Summary() string {
 // deadline an attempt's context does carry is the whole gate's.
 type attempt struct {
 	cond     int
-	cancel   context.CancelFunc
-	deadline time.Time // closed by the gate, as timed out, from then on
-	dropped  bool      // closed by the gate to make room, or because its condition is met
-	expired  bool      // closed by the gate at its deadline
-	woken    bool      // a follower's attempt on another ADD's announced answer
+	cancel   context.CancelFunc // a goroutine's attempt (Check); nil for Start's
+	pending  Attempt            // Start's attempt, while in flight
+	closed   bool               // Start's attempt has ended or been closed: its result is in run.ended
+	deadline time.Time          // closed by the gate, as timed out, from then on
+	dropped  bool               // closed by the gate to make room, or because its condition is met
+	expired  bool               // closed by the gate at its deadline
+	woken    bool               // a follower's attempt on another ADD's announced answer
 }
 
 type result struct {
@@ -348,8 +373,17 @@ type run struct {
 	status  []Status
 	probes  []probeState
 	start   time.Time
-	results chan result
-	running int
+	results chan result // Check's attempts end here
+	running int         // goroutines running Check
+
+	// Start's attempts: those whose ready was called (under readyMu, from
+	// any goroutine; kick then has a value), and the outcomes the gate has
+	// yet to record.
+	readyMu    sync.Mutex
+	readyList  []*attempt
+	readySpare []*attempt
+	kick       chan struct{}
+	ended      []result
 
 	watchAt  time.Time // when the first round ends and Watch is called
 	watching bool      // Watch was called (or there is none)
@@ -375,6 +409,7 @@ func Run(ctx context.Context, conds []Condition, opt Options) *Report {
 		probes:   make([]probeState, len(conds)),
 		start:    time.Now(),
 		results:  make(chan result),
+		kick:     make(chan struct{}, 1),
 		watching: opt.Watch == nil,
 	}
 	r.watchAt = r.start.Add(opt.FirstRound)
@@ -415,6 +450,9 @@ func (r *run) loop() error {
 		now := time.Now()
 		r.expire(now)
 		r.launchDue(now)
+		if err := r.record(); err != nil {
+			return err
+		}
 		if r.allReady() {
 			return nil
 		}
@@ -445,9 +483,12 @@ func (r *run) loop() error {
 		case <-r.wake.PeerAnswered:
 			r.launchFollowers(time.Now())
 		case res := <-r.results:
+			r.running--
 			if err := r.finish(res); err != nil {
 				return err
 			}
+		case <-r.kick:
+			r.collect()
 		case <-timer.C():
 		}
 	}
@@ -661,10 +702,20 @@ func (r *run) launch(i int, woken bool) {
 		// stays one packet, which is what the followers' budget counts.
 		timeout = min(timeout, followerAttemptTimeout)
 	}
-	ctx, cancel := context.WithCancel(r.ctx)
-	a := &attempt{cond: i, cancel: cancel, deadline: time.Now().Add(timeout), woken: woken}
+	a := &attempt{cond: i, deadline: time.Now().Add(timeout), woken: woken}
 	p.inflight = append(p.inflight, a)
 	r.status[i].Attempts++
+	if start := r.conds[i].Start; start != nil {
+		pending, err := start(func() { r.ready(a) })
+		if pending == nil {
+			a.closed = true
+			r.ended = append(r.ended, result{a, err})
+		}
+		a.pending = pending
+		return
+	}
+	ctx, cancel := context.WithCancel(r.ctx)
+	a.cancel = cancel
 	r.running++
 	check := r.conds[i].Check
 	go func() {
@@ -673,27 +724,90 @@ func (r *run) launch(i int, woken bool) {
 	}()
 }
 
+// ready is Start's ready for a: it hands a to the gate's goroutine.
+func (r *run) ready(a *attempt) {
+	r.readyMu.Lock()
+	r.readyList = append(r.readyList, a)
+	r.readyMu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// collect asks each attempt that was ready for its result; record then
+// records those that ended.
+func (r *run) collect() {
+	r.readyMu.Lock()
+	list := r.readyList
+	r.readyList, r.readySpare = r.readySpare[:0], list
+	r.readyMu.Unlock()
+	for _, a := range list {
+		if a.closed || a.pending == nil {
+			continue // closed meanwhile, or ready before Start returned it ended
+		}
+		if done, err := a.pending.Result(); done {
+			r.close(a, err)
+		}
+	}
+	clear(list)
+}
+
+// close ends Start's attempt a with err, and queues its result.
+func (r *run) close(a *attempt, err error) {
+	a.closed = true
+	a.pending.Close()
+	r.ended = append(r.ended, result{a, err})
+}
+
+// record records the results of Start's attempts that have ended.
+func (r *run) record() error {
+	for len(r.ended) > 0 {
+		ended := r.ended
+		r.ended = nil
+		for _, res := range ended {
+			if err := r.finish(res); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // expire closes the attempts whose deadline has come.
 func (r *run) expire(now time.Time) {
 	for i := range r.probes {
 		for _, a := range r.probes[i].inflight {
-			if !a.dropped && !a.expired && !now.Before(a.deadline) {
+			if !a.dropped && !a.expired && !a.closed && !now.Before(a.deadline) {
 				a.expired = true
-				a.cancel()
+				if a.cancel != nil {
+					a.cancel()
+				} else {
+					r.close(a, context.DeadlineExceeded)
+				}
 			}
 		}
 	}
 }
 
+// drop closes a to make room, or because its condition is met. Start's
+// attempt that has ended already keeps its result.
 func (r *run) drop(a *attempt) {
-	a.dropped = true
-	a.cancel()
+	switch {
+	case a.cancel != nil:
+		a.dropped = true
+		a.cancel()
+	case !a.closed:
+		a.dropped = true
+		r.close(a, context.Canceled)
+	}
 }
 
 func (r *run) finish(res result) error {
-	r.running--
 	a := res.a
-	a.cancel()
+	if a.cancel != nil {
+		a.cancel()
+	}
 	p := &r.probes[a.cond]
 	for j, b := range p.inflight {
 		if b == a {
@@ -747,7 +861,7 @@ func (r *run) nextWake(now time.Time) time.Time {
 			wake = p.next
 		}
 		for _, a := range p.inflight {
-			if !a.dropped && !a.expired && a.deadline.Before(wake) {
+			if !a.dropped && !a.expired && !a.closed && a.deadline.Before(wake) {
 				wake = a.deadline
 			}
 		}
@@ -764,6 +878,7 @@ func (r *run) stopAll() {
 		}
 		r.probes[i].inflight = nil
 	}
+	r.ended = nil
 	for r.running > 0 {
 		<-r.results
 		r.running--

@@ -64,7 +64,7 @@ func TestSharedProbe(t *testing.T) {
 				rec := newRecorder(refused)
 				ctx, cancel := context.WithTimeout(t.Context(), tc.budget)
 				defer cancel()
-				rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+				rep := runGate(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
 					Options{Watch: from(Wakeups{Peers: []Peer{peer}})})
 				if got := rec.startTimes(); !slices.Equal(got, tc.want) {
 					t.Errorf("attempts at %v, want %v", got, tc.want)
@@ -90,7 +90,7 @@ func TestFollowerTakesOverWithinOneSlowInterval(t *testing.T) {
 		rec := newRecorder(refused)
 		ctx, cancel := context.WithTimeout(t.Context(), 3600*time.Millisecond)
 		defer cancel()
-		Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+		runGate(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
 			Options{Watch: from(Wakeups{Peers: []Peer{peer}})})
 		// No slot before: silent, asking again at random times within a
 		// slow interval; from the first ask after 2.5 s, the full schedule.
@@ -134,7 +134,7 @@ func TestFollowerWokenProvesItsOwnPath(t *testing.T) {
 				}()
 				ctx, cancel := context.WithTimeout(t.Context(), 1900*time.Millisecond)
 				defer cancel()
-				rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+				rep := runGate(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
 					Options{Watch: from(Wakeups{Peers: []Peer{peer}, PeerAnswered: answered})})
 				if got, want := rec.startTimes(), ms(1500); !slices.Equal(got, want) {
 					t.Errorf("attempts at %v, want one at once on the leader's answer", got)
@@ -164,7 +164,7 @@ func TestFollowerAnswerTellsPeer(t *testing.T) {
 			}
 			return errRefused
 		})
-		rep := Run(t.Context(), []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+		rep := runGate(t.Context(), []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
 			Options{Watch: from(Wakeups{Peers: []Peer{peer}})})
 		if !rep.Ready() || rep.Conditions[0].After != time.Second {
 			t.Fatalf("Ready=%v after %v, want ready at its second slow attempt (1s)", rep.Ready(), rep.Conditions[0].After)
@@ -186,7 +186,7 @@ func TestLeaderAnswerTellsPeer(t *testing.T) {
 			}
 			return errRefused
 		})
-		rep := Run(t.Context(), []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+		rep := runGate(t.Context(), []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
 			Options{Watch: from(Wakeups{Peers: []Peer{peer}})})
 		if !rep.Ready() || rep.Conditions[0].After != 30*time.Millisecond {
 			t.Fatalf("Ready=%v after %v, want ready at 30ms", rep.Ready(), rep.Conditions[0].After)
@@ -231,7 +231,7 @@ func TestEventsWakeFollowerKeepingItsSlowTick(t *testing.T) {
 					w.PodChanged = events
 				}
 				opts := Options{Watch: from(w)}
-				Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}}, opts)
+				runGate(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}}, opts)
 				if got := rec.startTimes(); !slices.Equal(got, tc.want) {
 					t.Errorf("attempts at %v, want %v", got, tc.want)
 				}
@@ -256,7 +256,7 @@ func TestFollowerAttemptEndsBeforeSYNRetransmission(t *testing.T) {
 		})
 		ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
 		defer cancel()
-		Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+		runGate(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
 			Options{Watch: from(Wakeups{Peers: []Peer{peer}}), AttemptTimeout: 2 * time.Second})
 		mu.Lock()
 		defer mu.Unlock()
@@ -298,7 +298,7 @@ func TestNodeWantedOnlyWhileLeading(t *testing.T) {
 				}
 				ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
 				defer cancel()
-				Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: newRecorder(refused).check}},
+				runGate(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: newRecorder(refused).check}},
 					Options{Watch: from(w)})
 				if !slices.Equal(calls, tc.want) {
 					t.Errorf("NodeWanted calls %v, want %v", calls, tc.want)

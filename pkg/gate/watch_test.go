@@ -108,7 +108,7 @@ func TestFirstRoundThenWatch(t *testing.T) {
 				w := newWatch(Wakeups{})
 				ctx, cancel := context.WithTimeout(t.Context(), tc.budget)
 				defer cancel()
-				rep := Run(ctx, []Condition{
+				rep := runGate(ctx, []Condition{
 					{Name: "route to 10.0.0.5", Kind: Local, Check: route},
 					{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check},
 				}, Options{FirstRound: 20 * time.Millisecond, Watch: w.watch})
@@ -157,7 +157,7 @@ func TestWatchersWakeTheGate(t *testing.T) {
 			events <- struct{}{}
 		}()
 		w := newWatch(Wakeups{NodeChanged: events, Notes: []string{"probing alone"}})
-		rep := Run(t.Context(), []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+		rep := runGate(t.Context(), []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
 			Options{FirstRound: 20 * time.Millisecond, Watch: w.watch})
 		if got := rep.Conditions[0].After; !rep.Ready() || got != 1005*time.Millisecond {
 			t.Fatalf("ready=%v after %v, want ready at the event (1.005s)", rep.Ready(), got)
@@ -183,7 +183,7 @@ func TestWatchEnds(t *testing.T) {
 			time.Sleep(300 * time.Millisecond)
 			w.stop(errGone)
 		}()
-		rep := Run(t.Context(), []Condition{{Name: "icmp://10.0.0.1", Kind: Active, Check: rec.check}},
+		rep := runGate(t.Context(), []Condition{{Name: "icmp://10.0.0.1", Kind: Active, Check: rec.check}},
 			Options{FirstRound: 20 * time.Millisecond, Watch: w.watch})
 		if !errors.Is(rep.Err, errGone) || rep.Waited != 300*time.Millisecond {
 			t.Fatalf("Err %v after %v, want %v after 300ms", rep.Err, rep.Waited, errGone)
@@ -200,7 +200,7 @@ func TestWatchFails(t *testing.T) {
 		rec := newRecorder(func(ctx context.Context, _ int) error { return hang(ctx) })
 		w := newWatch(Wakeups{})
 		w.err = errNetlink
-		rep := Run(t.Context(), []Condition{{Name: "icmp://10.0.0.1", Kind: Active, Check: rec.check}},
+		rep := runGate(t.Context(), []Condition{{Name: "icmp://10.0.0.1", Kind: Active, Check: rec.check}},
 			Options{FirstRound: 20 * time.Millisecond, Watch: w.watch})
 		if !errors.Is(rep.Err, errNetlink) || rep.Waited != 20*time.Millisecond {
 			t.Fatalf("Err %v after %v, want %v at the end of the first round", rep.Err, rep.Waited, errNetlink)
@@ -220,7 +220,7 @@ func TestFirstRoundIsUnshared(t *testing.T) {
 		rec := newRecorder(func(ctx context.Context, _ int) error { return hang(ctx) })
 		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
 		defer cancel()
-		Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+		runGate(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
 			Options{FirstRound: 20 * time.Millisecond, Watch: newWatch(Wakeups{Peers: []Peer{peer}}).watch})
 		if got := rec.startTimes(); !slices.Equal(got, ms(0, 10)) {
 			t.Errorf("attempts at %v, want the first round's (0, 10ms) only", got)
@@ -318,7 +318,7 @@ func TestPollRidesOnWakeups(t *testing.T) {
 				if tc.peer != nil {
 					w.w.Peers = []Peer{tc.peer}
 				}
-				rep := Run(t.Context(), tc.conds(rec), Options{FirstRound: 20 * time.Millisecond, Watch: w.watch})
+				rep := runGate(t.Context(), tc.conds(rec), Options{FirstRound: 20 * time.Millisecond, Watch: w.watch})
 				if !errors.Is(rep.Err, errGone) || rep.Waited != tc.waited {
 					t.Errorf("Err %v after %v, want %v after %v", rep.Err, rep.Waited, errGone, tc.waited)
 				}
@@ -359,7 +359,7 @@ func TestWatchToldWhatIsUnmet(t *testing.T) {
 		ok := func(context.Context) error { return nil }
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()
-		Run(ctx, []Condition{
+		runGate(ctx, []Condition{
 			{Name: "icmp://10.42.0.1", Kind: Active, Check: ok},
 			{Name: "link eth0", Kind: Local, Check: ok},
 			{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: hang},
@@ -397,7 +397,7 @@ func TestWatchTimer(t *testing.T) {
 			}
 			return hang(actx)
 		})
-		rep := Run(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+		rep := runGate(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
 			Options{FirstRound: 20 * time.Millisecond, Watch: newWatch(Wakeups{Timer: ft}).watch, AttemptTimeout: 100 * time.Millisecond})
 		// After Watch at 20ms: 20, 30, 50, 90, then every 40ms to 490.
 		want := ms(0, 10, 20, 30, 50, 90, 130, 170, 210, 250, 290, 330, 370, 410, 450, 490)

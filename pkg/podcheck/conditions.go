@@ -107,7 +107,17 @@ func activeConditions(spec config.Spec, pod Pod, sockets probe.Sockets) ([]gate.
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		conds = append(conds, gate.Condition{Name: name, Kind: gate.Active, Check: pr.Attempt})
+		c := gate.Condition{Name: name, Kind: gate.Active, Check: pr.Attempt}
+		if st, ok := pr.(probe.Starter); ok {
+			c.Start = func(ready func()) (gate.Attempt, error) {
+				a, err := st.Start(ready)
+				if a == nil {
+					return nil, err // not a nil *Pending in a non-nil interface
+				}
+				return a, nil
+			}
+		}
+		conds = append(conds, c)
 		return nil
 	}
 	if spec.Gateway {

@@ -150,7 +150,7 @@ func TestRunLeaksNothing(t *testing.T) {
 	pod, _, _ := testPod(t)
 	pod.Links[0].Addrs = pod.Links[0].Addrs[:1] // IPv4 only: ready
 	ready := spec(t, "icmp://10.99.0.1", "tcp://10.99.0.1:9?refused=ok")
-	blocked := spec(t, "icmp://10.99.0.3") // nobody there
+	blocked := spec(t, "icmp://10.99.0.3", "tcp://10.99.0.3:80") // nobody there
 	runs := 1000
 	if testing.Short() {
 		runs = 100

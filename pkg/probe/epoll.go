@@ -43,34 +43,33 @@ type epollSet struct {
 	done chan struct{} // closed when run has returned
 
 	mu      sync.Mutex
-	waiting map[int32]chan struct{} // by socket: signalled when it is ready
+	waiting map[int32]func() // by socket: called when it is ready
 }
 
-// watch adds fd to the process's set, for writability, once: the channel
-// it returns is signalled when fd is writable or has an error. rearm asks
-// for the next time (after a spurious wake-up), and unwatch must be called
-// before fd is closed.
-func watch(fd int) (ready <-chan struct{}, s *epollSet, err error) {
+// watch adds fd to the process's set, for writability, once: ready is
+// called, on the set's goroutine, when fd is writable or has an error. It
+// must not block (nor call the set). rearm asks for the next time (after a
+// spurious wake-up), and unwatch must be called before fd is closed.
+func watch(fd int, ready func()) (s *epollSet, err error) {
 	watchSet.Lock()
 	defer watchSet.Unlock()
 	if watchSet.set == nil {
 		if watchSet.set, err = newEpollSet(); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	s = watchSet.set
-	c := make(chan struct{}, 1)
 	s.mu.Lock()
-	s.waiting[int32(fd)] = c
+	s.waiting[int32(fd)] = ready
 	s.mu.Unlock()
 	if err := s.ctl(unix.EPOLL_CTL_ADD, fd); err != nil {
 		s.mu.Lock()
 		delete(s.waiting, int32(fd))
 		s.mu.Unlock()
-		return nil, nil, os.NewSyscallError("epoll_ctl", err)
+		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
 	watchSet.users++
-	return c, s, nil
+	return s, nil
 }
 
 // rearm watches fd for its next readiness.
@@ -81,9 +80,10 @@ func (s *epollSet) rearm(fd int) error {
 	return nil
 }
 
-// unwatch stops telling fd's attempt about it. The caller then closes fd,
-// which takes it out of the epoll set; an event for it that run read
-// already finds no one to tell. The last to leave closes the set.
+// unwatch stops telling fd's attempt about it: once it has returned, its
+// ready is not called again. The caller then closes fd, which takes it out
+// of the epoll set; an event for it that run read already finds no one to
+// tell. The last to leave closes the set.
 func (s *epollSet) unwatch(fd int) {
 	s.mu.Lock()
 	delete(s.waiting, int32(fd))
@@ -128,7 +128,7 @@ func newEpollSet() (*epollSet, error) {
 		f.Close()
 		return nil, err
 	}
-	s := &epollSet{epfd: epfd, f: f, rc: rc, done: make(chan struct{}), waiting: make(map[int32]chan struct{})}
+	s := &epollSet{epfd: epfd, f: f, rc: rc, done: make(chan struct{}), waiting: make(map[int32]func())}
 	go s.run()
 	return s, nil
 }
@@ -150,13 +150,12 @@ func (s *epollSet) run() {
 			if errno != 0 || n == 0 {
 				return false
 			}
+			// Called under mu, so that unwatch returns only once a ready
+			// of its socket is over.
 			s.mu.Lock()
 			for _, ev := range events[:n] {
-				if c := s.waiting[ev.Fd]; c != nil {
-					select {
-					case c <- struct{}{}:
-					default:
-					}
+				if ready := s.waiting[ev.Fd]; ready != nil {
+					ready()
 				}
 			}
 			s.mu.Unlock()

@@ -50,26 +50,70 @@ func (c check) run(t *testing.T, s Sockets) {
 	if timeout == 0 {
 		timeout = 2 * time.Second
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
+	c.check(t, "Attempt", timeout, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		return p.Attempt(ctx)
+	})
+	// A fresh prober: a failed attempt arms the error queue (recvErr),
+	// and the next then names the ICMP error behind its errno.
+	if p, _ = New(c.probe, s); p == nil {
+		return
+	}
+	if st, ok := p.(Starter); ok {
+		c.check(t, "Start", timeout, func() error { return await(st, timeout) })
+	}
+}
+
+// check makes one attempt and holds its outcome to c.
+func (c check) check(t *testing.T, way string, timeout time.Duration, attempt func() error) {
+	t.Helper()
 	start := time.Now()
-	err = p.Attempt(ctx)
+	err := attempt()
 	took := time.Since(start)
-	t.Logf("%s: %v after %v", c.probe, err, took.Round(time.Millisecond))
+	t.Logf("%s %s: %v after %v", way, c.probe, err, took.Round(time.Millisecond))
 	switch {
 	case c.wantErr == "" && err != nil:
-		t.Fatalf("Attempt: %v (after %v), want success", err, took)
+		t.Fatalf("%s: %v (after %v), want success", way, err, took)
 	case c.wantErr != "" && err == nil:
-		t.Fatalf("Attempt succeeded, want error %q", c.wantErr)
+		t.Fatalf("%s succeeded, want error %q", way, c.wantErr)
 	case c.wantErr != "" && !strings.Contains(err.Error(), c.wantErr):
-		t.Fatalf("Attempt: %q, want an error containing %q", err, c.wantErr)
+		t.Fatalf("%s: %q, want an error containing %q", way, err, c.wantErr)
 	case c.is != nil && !errors.Is(err, c.is):
-		t.Fatalf("Attempt: %q is not %v", err, c.is)
+		t.Fatalf("%s: %q is not %v", way, err, c.is)
 	case c.fast && took > timeout/4:
-		t.Fatalf("Attempt failed after %v, want well under the %v timeout", took, timeout)
+		t.Fatalf("%s failed after %v, want well under the %v timeout", way, took, timeout)
 	}
 	if c.is == context.DeadlineExceeded && (took < timeout-50*time.Millisecond || took > timeout+time.Second) {
-		t.Fatalf("Attempt timed out after %v, want about %v", took, timeout)
+		t.Fatalf("%s timed out after %v, want about %v", way, took, timeout)
+	}
+}
+
+// await makes an attempt through Start, as the gate does: it asks for its
+// Result each time it is ready, and closes it after timeout.
+func await(s Starter, timeout time.Duration) error {
+	ready := make(chan struct{}, 1)
+	a, err := s.Start(func() {
+		select {
+		case ready <- struct{}{}:
+		default:
+		}
+	})
+	if a == nil {
+		return err
+	}
+	defer a.Close()
+	expire := time.NewTimer(timeout)
+	defer expire.Stop()
+	for {
+		select {
+		case <-expire.C:
+			return errTimeout
+		case <-ready:
+			if done, err := a.Result(); done {
+				return err
+			}
+		}
 	}
 }
 

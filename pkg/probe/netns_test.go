@@ -84,6 +84,10 @@ func topology(t *testing.T) (podPath, peerPath string) {
 		{"-n", pod, "-6", "route", "add", "unreachable", "fd31:231:8::/64"},
 		// A router sends no ICMP errors for what it is not forwarding.
 		{"netns", "exec", peer, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"},
+		// The checks that expect an ICMP error, each made both ways
+		// (Attempt and Start), are more than the kernel's burst of 6
+		// before it sends one a second to a host.
+		{"netns", "exec", peer, "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0"},
 		{"-n", peer, "route", "add", "prohibit", "10.231.7.0/24"},
 		{"-n", peer, "-6", "route", "add", "prohibit", "fd31:231:7::/64"},
 	} {
@@ -436,7 +440,8 @@ func TestTCPAttemptsShareOneEpollSet(t *testing.T) {
 	if err := unix.Connect(fd, sa); err != unix.EINPROGRESS {
 		t.Fatalf("connect: %v, want EINPROGRESS", err)
 	}
-	if done, err := handshake(fd, netip.AddrPortFrom(noHost4, 80), &recvErr{}, true); done {
+	c := &tcpConn{fd: fd, dst: netip.AddrPortFrom(noHost4, 80), re: &recvErr{}}
+	if done, err := c.handshake(true); done {
 		t.Errorf("handshake of a socket still connecting: done, %v", err)
 	}
 	unix.Close(fd)

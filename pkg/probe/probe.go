@@ -30,6 +30,17 @@ type Prober interface {
 	Attempt(ctx context.Context) error
 }
 
+// A Starter is a Prober whose attempts can also be made without a
+// goroutine each: Start sends one and returns at once, and the caller asks
+// the attempt's Result when told it is ready. A waiting ADD makes about 25
+// attempts a second, most never answered; a goroutine and a context for
+// each cost more than the attempt's syscalls (see epoll.go). The gate uses
+// Start when a probe has it (TCP), Attempt otherwise.
+type Starter interface {
+	Prober
+	Start(ready func()) (*Pending, error)
+}
+
 // Sockets creates sockets in the network namespace that probes run from.
 //
 // Socket returns a socket(2) file descriptor, opened with SOCK_NONBLOCK and
@@ -79,6 +90,18 @@ type terseError struct {
 
 func (e *terseError) Error() string { return e.msg }
 func (e *terseError) Unwrap() error { return e.err }
+
+// attemptErr turns an error from a socket call made outside any context
+// into what an operator reads.
+func attemptErr(err error) error {
+	switch e := err.(type) {
+	case *ICMPError:
+		return e
+	case syscall.Errno:
+		return errnoErr(e)
+	}
+	return err
+}
 
 // ioErr turns an error from a socket call into what an operator reads.
 func ioErr(ctx context.Context, err error) error {

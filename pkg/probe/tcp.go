@@ -21,98 +21,182 @@ type tcpProber struct {
 func (p *tcpProber) Attempt(ctx context.Context) error {
 	fd, err := dialTCP(ctx, p.socks, p.dst, &p.recvErr)
 	if err != nil {
-		if p.refusedOK && errors.Is(err, syscall.ECONNREFUSED) {
-			return nil
-		}
-		return err
+		return p.outcome(err)
 	}
 	rawClose(fd)
 	return nil
 }
 
+// Start sends one attempt without waiting for it: a Starter. The attempt
+// is nil when it ended inside the call, err its outcome; otherwise ready
+// is called, on another goroutine and possibly before Start returns, each
+// time it may have ended, and the caller asks its Result then.
+func (p *tcpProber) Start(ready func()) (*Pending, error) {
+	c, connected, err := startConnect(p.socks, p.dst, &p.recvErr, ready)
+	switch {
+	case err != nil:
+		return nil, p.outcome(attemptErr(err))
+	case connected:
+		c.Close()
+		return nil, nil
+	}
+	return &Pending{c: c, p: p}, nil
+}
+
+// outcome is an attempt's error as the prober reports it: a refused
+// connection answers when refusedOK.
+func (p *tcpProber) outcome(err error) error {
+	if p.refusedOK && errors.Is(err, syscall.ECONNREFUSED) {
+		return nil
+	}
+	return err
+}
+
+// Pending is a TCP attempt in flight, as Start returned it. It is not safe
+// for concurrent use: one goroutine asks its Result and Closes it.
+type Pending struct {
+	c *tcpConn
+	p *tcpProber
+}
+
+// Result reports whether the attempt has ended, and how: nil when the
+// target answered. Asked before ready was called, it may report an
+// attempt that has in fact ended as not done, and an attempt that is not
+// done is watched for its next event.
+func (a *Pending) Result() (done bool, err error) {
+	done, err = a.c.result()
+	if err != nil {
+		err = a.p.outcome(attemptErr(err))
+	}
+	return done, err
+}
+
+// Close ends the attempt, answered or not, and frees its socket. Its ready
+// is not called once Close has returned.
+func (a *Pending) Close() { a.c.Close() }
+
 // dialTCP connects a fresh TCP socket, created through s, to dst, and
 // returns it. re learns from a failed connect, and names the ICMP error
 // behind the next.
 func dialTCP(ctx context.Context, s Sockets, dst netip.AddrPort, re *recvErr) (fd int, err error) {
+	ready := make(chan struct{}, 1)
+	c, connected, err := startConnect(s, dst, re, func() {
+		select {
+		case ready <- struct{}{}:
+		default:
+		}
+	})
+	for err == nil && !connected {
+		select {
+		case <-ctx.Done():
+			c.Close()
+			return -1, ctxErr(ctx)
+		case <-ready:
+		}
+		if connected, err = c.result(); err != nil {
+			c.Close()
+		}
+	}
+	if err != nil {
+		return -1, ioErr(ctx, err)
+	}
+	return c.release(), nil
+}
+
+// tcpConn is a connect in flight on a socket of its own, made with raw
+// syscalls only and watched in the process's epoll set (see epoll.go).
+type tcpConn struct {
+	fd  int
+	dst netip.AddrPort
+	re  *recvErr
+	set *epollSet // where fd is watched; nil once it is not
+}
+
+// startConnect creates a socket through s and connects it to dst, without
+// blocking. It returns the connection either connected or still connecting
+// (ready is then called each time it may have ended; see result), or the
+// connect's error: its errno, or an *ICMPError when re is armed and one
+// refused it. re learns from that error.
+func startConnect(s Sockets, dst netip.AddrPort, re *recvErr, ready func()) (c *tcpConn, connected bool, err error) {
 	domain := unix.AF_INET6
 	if dst.Addr().Is4() {
 		domain = unix.AF_INET
 	}
-	if fd, err = s.Socket(domain, unix.SOCK_STREAM, unix.IPPROTO_TCP); err != nil {
-		return -1, err
-	}
-	err = connectRaw(ctx, fd, dst, re)
-	re.arm(err)
+	fd, err := s.Socket(domain, unix.SOCK_STREAM, unix.IPPROTO_TCP)
 	if err != nil {
-		rawClose(fd)
-		return -1, ioErr(ctx, err)
+		return nil, false, err
 	}
-	return fd, nil
+	c = &tcpConn{fd: fd, dst: dst, re: re}
+	if connected, err = c.connect(ready); err != nil {
+		re.arm(err)
+		c.Close()
+		return nil, false, err
+	}
+	return c, connected, nil
 }
 
-// connectRaw connects fd to dst with raw syscalls only, and waits for the
-// handshake in the process's epoll set (see epoll.go). It returns the
-// connect's errno, an *ICMPError when re is armed and one refused it, or
-// ctx's error when ctx ends first.
-func connectRaw(ctx context.Context, fd int, dst netip.AddrPort, re *recvErr) error {
+func (c *tcpConn) connect(ready func()) (connected bool, err error) {
 	// A zero linger makes close send a RST and free the socket at once: at
 	// a few attempts a second, closing with a FIN would pile sockets up in
 	// FIN_WAIT and TIME_WAIT in the pod netns.
-	if err := setsockoptRaw(fd, unix.SOL_SOCKET, unix.SO_LINGER, unsafe.Pointer(&unix.Linger{Onoff: 1}), unix.SizeofLinger); err != nil {
-		return err
+	if err := setsockoptRaw(c.fd, unix.SOL_SOCKET, unix.SO_LINGER, unsafe.Pointer(&unix.Linger{Onoff: 1}), unix.SizeofLinger); err != nil {
+		return false, err
 	}
-	if err := re.set(fd, dst.Addr().Is6()); err != nil {
-		return err
+	if err := c.re.set(c.fd, c.dst.Addr().Is6()); err != nil {
+		return false, err
 	}
 	var raw unix.RawSockaddrInet6 // room for either family
-	n, err := rawSockaddr(fd, dst, &raw)
+	n, err := rawSockaddr(c.fd, c.dst, &raw)
 	if err != nil {
-		return err
+		return false, err
 	}
-	_, _, errno := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&raw)), n)
+	_, _, errno := unix.RawSyscall(unix.SYS_CONNECT, uintptr(c.fd), uintptr(unsafe.Pointer(&raw)), n)
 	switch errno {
 	case 0, unix.EISCONN:
-		return nil
+		return true, nil
 	case unix.EINPROGRESS, unix.EALREADY, unix.EINTR:
 	default:
-		return connectErr(fd, dst, errno, re)
+		return false, c.connectErr(errno)
 	}
-	ready, set, err := watch(fd)
-	if err != nil {
-		return err
+	if c.set, err = watch(c.fd, ready); err != nil {
+		return false, err
 	}
-	defer set.unwatch(fd)
-	for woken := false; ; woken = true {
-		// Look before the first wait too: an ICMP error that came back while
-		// connect itself held the socket (on a veth the whole path can run
-		// inside the syscall) is kept as a soft error, which wakes nobody and
-		// which the kernel acts on only at its retransmission, a second
-		// later. SO_ERROR returns it.
-		if done, err := handshake(fd, dst, re, woken); done {
-			return err
-		}
-		if woken {
-			// Told of a predecessor's event (see handshake): ask again.
-			if err := set.rearm(fd); err != nil {
-				return err
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-ready:
-		}
-	}
+	// Look before the first wait too: an ICMP error that came back while
+	// connect itself held the socket (on a veth the whole path can run
+	// inside the syscall) is kept as a soft error, which wakes nobody and
+	// which the kernel acts on only at its retransmission, a second later.
+	// SO_ERROR returns it.
+	done, err := c.handshake(false)
+	return done && err == nil, err
 }
 
-// handshake reports whether the connect on fd is over, and how it ended.
-// Before the first wake-up it looks for an error only: a connect that
-// completes makes the socket writable, which the epoll set reports even when
-// that was before the socket was added.
-func handshake(fd int, dst netip.AddrPort, re *recvErr, woken bool) (done bool, err error) {
+// result reports whether the connect has ended, and how; one that has not
+// is watched for its next event. It is asked after ready was called.
+func (c *tcpConn) result() (connected bool, err error) {
+	done, err := c.handshake(true)
+	switch {
+	case err != nil:
+		c.re.arm(err)
+		return false, err
+	case done:
+		return true, nil
+	}
+	// Told of a predecessor's event (see handshake), or asked early:
+	// watch for the next.
+	if err := c.set.rearm(c.fd); err != nil {
+		return false, err
+	}
+	return false, nil
+}
+
+// handshake reports whether the connect is over, and how. Before the first
+// wake-up it looks for an error only: a connect that completes makes the
+// socket writable, which the epoll set reports even when that was before
+// the socket was added.
+func (c *tcpConn) handshake(woken bool) (done bool, err error) {
 	v := int32(0)
 	vlen := uint32(4)
-	if _, _, errno := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_ERROR, uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&vlen)), 0); errno != 0 {
+	if _, _, errno := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(c.fd), unix.SOL_SOCKET, unix.SO_ERROR, uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&vlen)), 0); errno != 0 {
 		return true, errno
 	}
 	switch errno := unix.Errno(v); errno {
@@ -127,17 +211,37 @@ func handshake(fd int, dst netip.AddrPort, re *recvErr, woken bool) (done bool, 
 		// done.
 		var peer unix.RawSockaddrAny
 		plen := uint32(unix.SizeofSockaddrAny)
-		_, _, errno := unix.RawSyscall(unix.SYS_GETPEERNAME, uintptr(fd), uintptr(unsafe.Pointer(&peer)), uintptr(unsafe.Pointer(&plen)))
+		_, _, errno := unix.RawSyscall(unix.SYS_GETPEERNAME, uintptr(c.fd), uintptr(unsafe.Pointer(&peer)), uintptr(unsafe.Pointer(&plen)))
 		return errno == 0, nil
 	default:
-		return true, connectErr(fd, dst, errno, re)
+		return true, c.connectErr(errno)
 	}
 }
 
 // connectErr is errno, or the ICMP error behind it when re is armed.
-func connectErr(fd int, dst netip.AddrPort, errno unix.Errno, re *recvErr) error {
-	if re.on.Load() {
-		return icmpCause(fd, unix.IPPROTO_TCP, dst.Addr(), errno)
+func (c *tcpConn) connectErr(errno unix.Errno) error {
+	if c.re.on.Load() {
+		return icmpCause(c.fd, unix.IPPROTO_TCP, c.dst.Addr(), errno)
 	}
 	return errno
 }
+
+// release stops watching the socket and hands it to the caller.
+func (c *tcpConn) release() int {
+	if c.set != nil {
+		c.set.unwatch(c.fd)
+		c.set = nil
+	}
+	fd := c.fd
+	c.fd = -1
+	return fd
+}
+
+// Close stops watching the socket and closes it.
+func (c *tcpConn) Close() {
+	if fd := c.release(); fd >= 0 {
+		rawClose(fd)
+	}
+}
+
+var _ Starter = (*tcpProber)(nil)
