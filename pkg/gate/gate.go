@@ -384,6 +384,7 @@ type run struct {
 	readySpare []*attempt
 	kick       chan struct{}
 	ended      []result
+	toClose    []Attempt // ended: closed once the gate knows it goes on waiting
 
 	watchAt  time.Time // when the first round ends and Watch is called
 	watching bool      // Watch was called (or there is none)
@@ -454,8 +455,9 @@ func (r *run) loop() error {
 			return err
 		}
 		if r.allReady() {
-			return nil
+			return nil // what ended is closed after the answer (Detach)
 		}
+		r.closeEnded()
 		r.wantNode()
 		if !r.watching && !now.Before(r.watchAt) && r.ctx.Err() == nil {
 			if err := r.watch(now); err != nil {
@@ -747,17 +749,29 @@ func (r *run) collect() {
 			continue // closed meanwhile, or ready before Start returned it ended
 		}
 		if done, err := a.pending.Result(); done {
-			r.close(a, err)
+			r.over(a, err)
 		}
 	}
 	clear(list)
 }
 
-// close ends Start's attempt a with err, and queues its result.
-func (r *run) close(a *attempt, err error) {
+// over takes Start's attempt a as ended with err: record records that, and
+// closeEnded closes it. An answer that makes the gate done need not wait
+// for its socket, nor for the others in flight that it drops, to be closed
+// (a few syscalls each): Detach leaves them to its goroutine, or the exit.
+func (r *run) over(a *attempt, err error) {
 	a.closed = true
-	a.pending.Close()
+	r.toClose = append(r.toClose, a.pending)
 	r.ended = append(r.ended, result{a, err})
+}
+
+// closeEnded closes Start's attempts that have ended.
+func (r *run) closeEnded() {
+	for _, p := range r.toClose {
+		p.Close()
+	}
+	clear(r.toClose)
+	r.toClose = r.toClose[:0]
 }
 
 // record records the results of Start's attempts that have ended.
@@ -783,7 +797,7 @@ func (r *run) expire(now time.Time) {
 				if a.cancel != nil {
 					a.cancel()
 				} else {
-					r.close(a, context.DeadlineExceeded)
+					r.over(a, context.DeadlineExceeded)
 				}
 			}
 		}
@@ -799,7 +813,7 @@ func (r *run) drop(a *attempt) {
 		a.cancel()
 	case !a.closed:
 		a.dropped = true
-		r.close(a, context.Canceled)
+		r.over(a, context.Canceled)
 	}
 }
 
@@ -878,6 +892,7 @@ func (r *run) stopAll() {
 		}
 		r.probes[i].inflight = nil
 	}
+	r.closeEnded()
 	r.ended = nil
 	for r.running > 0 {
 		<-r.results

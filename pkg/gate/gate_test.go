@@ -3,7 +3,6 @@ package gate
 import (
 	"context"
 	"errors"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -418,9 +417,6 @@ func TestCancelStopsAndWaitsForAttempts(t *testing.T) {
 // an attempt in flight is slow to close, and closes it and then the
 // Wakeups afterwards, and then Report.Closed; in order, Run waits for them.
 func TestDetachReturnsBeforeClosing(t *testing.T) {
-	if os.Getenv(viaStartEnv) == "1" {
-		t.Skip("Start's attempts are closed on the gate's goroutine as soon as their condition is met: a TCP attempt's Close is two raw syscalls, never slow")
-	}
 	for _, detach := range []bool{true, false} {
 		t.Run(map[bool]string{true: "detach", false: "in order"}[detach], func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {

@@ -256,3 +256,30 @@ func TestStartAnswerClosesTheRest(t *testing.T) {
 		}
 	})
 }
+
+// While the gate waits on, the attempts that ended (answered, or dropped
+// by the answer) are closed: they are left open only when the answer
+// makes the gate done.
+func TestStartClosedWhileWaiting(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newFakeStarts()
+		go func() {
+			time.Sleep(55 * time.Millisecond)
+			s.end(nil)
+		}()
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan *Report, 1)
+		go func() {
+			done <- Run(ctx, []Condition{startCond(s), {Name: "dns://10.0.0.10/db.", Kind: Active, Check: hang}},
+				Options{Interval: 10 * time.Millisecond})
+		}()
+		time.Sleep(100 * time.Millisecond)
+		if started, open, _ := s.counts(); started < 3 || open != 0 {
+			t.Errorf("answered 45ms ago, the gate still waiting on another condition: %d of %d attempts open, want 0 of 3 (at 0, 10, 30ms)", open, started)
+		}
+		cancel()
+		if rep := <-done; !rep.Conditions[0].Ready || rep.Conditions[1].Ready {
+			t.Errorf("ready %v, %v; want the first only", rep.Conditions[0].Ready, rep.Conditions[1].Ready)
+		}
+	})
+}
