@@ -491,6 +491,11 @@ func (r *run) loop() error {
 			}
 		case <-r.kick:
 			r.collect()
+			// Now, not at the loop's next turn: a probe answered must not
+			// be due for another attempt there.
+			if err := r.record(); err != nil {
+				return err
+			}
 		case <-timer.C():
 		}
 	}
