@@ -150,6 +150,12 @@ func (s *fakeStarts) end(err error) {
 	}
 }
 
+// endAfter ends every open attempt with err after d.
+func (s *fakeStarts) endAfter(d time.Duration, err error) {
+	time.Sleep(d)
+	s.end(err)
+}
+
 func (s *fakeStarts) counts() (started, open, peak int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -242,10 +248,7 @@ func TestStartAttemptsClosed(t *testing.T) {
 func TestStartAnswerClosesTheRest(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := newFakeStarts()
-		go func() {
-			time.Sleep(55 * time.Millisecond)
-			s.end(nil)
-		}()
+		go s.endAfter(55*time.Millisecond, nil)
 		rep := Run(t.Context(), []Condition{startCond(s)}, Options{Interval: 10 * time.Millisecond})
 		started, open, _ := s.counts()
 		if !rep.Ready() || open != 0 {
@@ -263,10 +266,7 @@ func TestStartAnswerClosesTheRest(t *testing.T) {
 func TestStartClosedWhileWaiting(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := newFakeStarts()
-		go func() {
-			time.Sleep(55 * time.Millisecond)
-			s.end(nil)
-		}()
+		go s.endAfter(55*time.Millisecond, nil)
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan *Report, 1)
 		go func() {
