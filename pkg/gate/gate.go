@@ -54,6 +54,10 @@ type Condition struct {
 	// block. A waiting ADD makes about 25 attempts a second, and a goroutine
 	// and a context for each cost more than the attempt's own syscalls.
 	Start func(ready func()) (Attempt, error)
+	// Close, if set, frees what the condition keeps between attempts (a
+	// TCP probe keeps the sockets of closed attempts to use again). The
+	// gate calls it once, when every attempt is closed.
+	Close func()
 }
 
 // Attempt is an attempt in flight, made by Condition.Start. The gate uses
@@ -423,6 +427,11 @@ func Run(ctx context.Context, conds []Condition, opt Options) *Report {
 	report := &Report{Conditions: r.status, Start: r.start, Waited: time.Since(r.start), Err: err, Notes: r.notes, Closed: closed}
 	closeAll := func() {
 		r.stopAll()
+		for _, c := range conds {
+			if c.Close != nil {
+				c.Close()
+			}
+		}
 		if r.wake.Close != nil {
 			r.wake.Close()
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -107,6 +108,14 @@ type fakeStarts struct {
 	peak     int
 	inline   func(n int) (ended bool, err error) // an attempt that ends inside Start
 	readyNow bool                                // ready is called before Start returns, too
+	closes   []int                               // the attempts open at each Condition.Close
+}
+
+// close is Condition.Close.
+func (s *fakeStarts) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closes = append(s.closes, len(s.open))
 }
 
 type fakeStart struct {
@@ -183,7 +192,7 @@ func (a *fakeStart) Close() {
 func newFakeStarts() *fakeStarts { return &fakeStarts{open: map[*fakeStart]bool{}} }
 
 func startCond(s *fakeStarts) Condition {
-	return Condition{Name: "tcp://10.0.0.5:5432", Kind: Active, Start: s.start,
+	return Condition{Name: "tcp://10.0.0.5:5432", Kind: Active, Start: s.start, Close: s.close,
 		Check: func(context.Context) error { panic("Check called for a condition with Start") }}
 }
 
@@ -228,6 +237,9 @@ func TestStartAttemptsClosed(t *testing.T) {
 			started, open, peak := s.counts()
 			if open != 0 {
 				t.Errorf("%d of %d attempts open after Run returned", open, started)
+			}
+			if !slices.Equal(s.closes, []int{0}) {
+				t.Errorf("Condition.Close called with these many attempts open: %v, want once with none", s.closes)
 			}
 			if peak > 4 {
 				t.Errorf("%d attempts open at once, want at most MaxInFlight (4)", peak)

@@ -116,6 +116,7 @@ func activeConditions(spec config.Spec, pod Pod, sockets probe.Sockets) ([]gate.
 				}
 				return a, nil
 			}
+			c.Close = st.Close
 		}
 		conds = append(conds, c)
 		return nil

@@ -62,7 +62,13 @@ func watch(fd int, ready func()) (s *epollSet, err error) {
 	s.mu.Lock()
 	s.waiting[int32(fd)] = ready
 	s.mu.Unlock()
-	if err := s.ctl(unix.EPOLL_CTL_ADD, fd); err != nil {
+	err = s.ctl(unix.EPOLL_CTL_ADD, fd)
+	if err == unix.EEXIST {
+		// A recycled socket (tcpProber.recycle) is still in the set, its
+		// one-shot spent or not: arm it again.
+		err = s.ctl(unix.EPOLL_CTL_MOD, fd)
+	}
+	if err != nil {
 		s.mu.Lock()
 		delete(s.waiting, int32(fd))
 		s.mu.Unlock()

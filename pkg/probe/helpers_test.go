@@ -62,6 +62,7 @@ func (c check) run(t *testing.T, s Sockets) {
 	}
 	if st, ok := p.(Starter); ok {
 		c.check(t, "Start", timeout, func() error { return await(st, timeout) })
+		st.Close()
 	}
 }
 

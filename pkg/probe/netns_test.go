@@ -460,3 +460,103 @@ func TestTCPAttemptsShareOneEpollSet(t *testing.T) {
 		t.Errorf("after the last attempt: %d epoll sets (%d before), %d watched; want the set closed", got, base, users())
 	}
 }
+
+// Start's attempts use the socket of the attempt closed before them again,
+// disconnected: a connect to AF_UNSPEC, and its ECONNRESET read away. A
+// socket that never got an answer, one that was answered and one whose
+// prober has the error queue armed (not kept) all leave the next attempt
+// its own outcome.
+func TestStartRecyclesSockets(t *testing.T) {
+	needRoot(t)
+	podPath, peerPath := topology(t)
+	srv := startPeer(t, peerPath)
+	pod := openNetNS(t, podPath)
+	waitUp(t, pod, peer4, peer6)
+	spare := func(p Starter) []int {
+		tp := p.(*tcpProber)
+		tp.mu.Lock()
+		defer tp.mu.Unlock()
+		return append([]int(nil), tp.spare...)
+	}
+	for _, f := range []struct {
+		name         string
+		peer, noHost netip.Addr
+	}{{"v4", peer4, noHost4}, {"v6", peer6, noHost6}} {
+		t.Run(f.name, func(t *testing.T) {
+			// Never answered (the neighbour never resolves): closed in flight,
+			// the disconnect's ECONNRESET left on it. One attempt stays in
+			// flight throughout, as at a gate's in-flight cap: the epoll set
+			// lives on, and a kept socket is still in it.
+			p := mustStarter(t, tcpProbe(netip.AddrPortFrom(f.noHost, 80), false), pod)
+			hold, err := p.Start(func() {})
+			if hold == nil {
+				t.Fatalf("attempt to a host that never answers: ended at once with %v", err)
+			}
+			var used []int
+			for i := range 3 {
+				a, err := p.Start(func() {})
+				if a == nil {
+					t.Fatalf("attempt %d to a host that never answers: ended at once with %v", i, err)
+				}
+				used = append(used, a.c.fd)
+				a.Close()
+			}
+			if s := spare(p); len(s) != 1 || used[1] != used[0] || used[2] != used[0] {
+				t.Errorf("attempts used sockets %v and keep %v: want one socket, used again", used, s)
+			}
+			// With the error queue armed, a socket is closed, not kept.
+			p.(*tcpProber).recvErr.on.Store(true)
+			if a, err := p.Start(func() {}); a == nil {
+				t.Fatalf("armed attempt to a host that never answers: ended at once with %v", err)
+			} else {
+				a.Close()
+			}
+			if s := spare(p); len(s) != 0 {
+				t.Errorf("a prober with the error queue armed keeps sockets %v", s)
+			}
+			if _, err := unix.FcntlInt(uintptr(used[0]), unix.F_GETFD, 0); err != unix.EBADF {
+				t.Errorf("socket %d of an armed prober's attempt is still open after Close", used[0])
+			}
+			hold.Close()
+
+			// Answered, each on the socket the one before it used.
+			q := mustStarter(t, tcpProbe(netip.AddrPortFrom(f.peer, srv.web), false), pod)
+			var kept []int
+			for i := range 3 {
+				if err := await(q, 2*time.Second); err != nil {
+					t.Fatalf("attempt %d to a listening port: %v", i, err)
+				}
+				kept = append(kept, spare(q)...)
+			}
+			if len(kept) != 3 || kept[1] != kept[0] || kept[2] != kept[0] {
+				t.Errorf("sockets kept after each answered attempt: %v, want the same one each time", kept)
+			}
+
+			// Refused, each attempt: no reset left by an earlier one.
+			r := mustStarter(t, tcpProbe(netip.AddrPortFrom(f.peer, srv.closed), false), pod)
+			for i := range 3 {
+				if err := await(r, 2*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+					t.Fatalf("attempt %d to a closed port: %v, want connection refused", i, err)
+				}
+			}
+
+			for _, s := range []Starter{p, q, r} {
+				s.Close()
+			}
+			for _, fd := range []int{kept[0]} {
+				if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != unix.EBADF {
+					t.Errorf("socket %d kept for reuse is still open after Close", fd)
+				}
+			}
+		})
+	}
+}
+
+func mustStarter(t *testing.T, pr config.Probe, s Sockets) Starter {
+	t.Helper()
+	p, err := New(pr, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.(Starter)
+}

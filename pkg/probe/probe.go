@@ -39,6 +39,9 @@ type Prober interface {
 type Starter interface {
 	Prober
 	Start(ready func()) (*Pending, error)
+	// Close closes the sockets kept for Start to use again (see
+	// tcpProber.recycle); Start must not be called after it.
+	Close()
 }
 
 // Sockets creates sockets in the network namespace that probes run from.

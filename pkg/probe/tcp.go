@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -16,7 +17,15 @@ type tcpProber struct {
 	dst       netip.AddrPort
 	refusedOK bool // a RST answers too: the host is up, the port shut
 	recvErr   recvErr
+
+	mu    sync.Mutex
+	spare []int // sockets of closed attempts, disconnected, for Start to use again
 }
+
+// maxSpare bounds the sockets a prober keeps: a waiting gate closes its
+// oldest attempt and starts a new one on the same tick, so one is what it
+// uses; an answer closes up to MaxInFlight at once.
+const maxSpare = 2
 
 func (p *tcpProber) Attempt(ctx context.Context) error {
 	fd, err := dialTCP(ctx, p.socks, p.dst, &p.recvErr)
@@ -32,15 +41,67 @@ func (p *tcpProber) Attempt(ctx context.Context) error {
 // is called, on another goroutine and possibly before Start returns, each
 // time it may have ended, and the caller asks its Result then.
 func (p *tcpProber) Start(ready func()) (*Pending, error) {
-	c, connected, err := startConnect(p.socks, p.dst, &p.recvErr, ready)
+	c, connected, err := startConnect(p.socks, p.takeSpare(), p.dst, &p.recvErr, ready)
 	switch {
 	case err != nil:
 		return nil, p.outcome(attemptErr(err))
 	case connected:
-		c.Close()
+		p.recycle(c.release())
 		return nil, nil
 	}
 	return &Pending{c: c, p: p}, nil
+}
+
+// Close closes the sockets the prober keeps for Start; Start must not be
+// called after it.
+func (p *tcpProber) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, fd := range p.spare {
+		rawClose(fd)
+	}
+	p.spare = nil
+}
+
+// takeSpare is a socket kept by recycle, or -1.
+func (p *tcpProber) takeSpare() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.spare)
+	if n == 0 {
+		return -1
+	}
+	fd := p.spare[n-1]
+	p.spare = p.spare[:n-1]
+	return fd
+}
+
+// recycle keeps the socket of a closed attempt for the next, or closes it.
+// Reusing a socket saves closing it, making another (the netns thread's
+// batches) and setting its options: on a small VM about a fifth of what a
+// waiting ADD spends. A connect to AF_UNSPEC takes it back to CLOSE and
+// out of the kernel's connection table, so nothing meant for the old
+// attempt (an answer, an ICMP error) can reach it any more. It leaves
+// ECONNRESET as the socket's error, which the next connect clears
+// (TestStartRecyclesSockets fails on a kernel that would not). A socket
+// with the error queue on is not kept: ICMP errors of the old attempt may
+// still be queued there, and would name the wrong cause.
+func (p *tcpProber) recycle(fd int) {
+	if !p.recvErr.on.Load() {
+		var unspec unix.RawSockaddrAny // Family 0: AF_UNSPEC
+		_, _, errno := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&unspec)), unix.SizeofSockaddrInet6)
+		if errno == 0 {
+			p.mu.Lock()
+			if len(p.spare) < maxSpare {
+				p.spare = append(p.spare, fd)
+				fd = -1
+			}
+			p.mu.Unlock()
+		}
+	}
+	if fd >= 0 {
+		rawClose(fd)
+	}
 }
 
 // outcome is an attempt's error as the prober reports it: a refused
@@ -71,16 +132,21 @@ func (a *Pending) Result() (done bool, err error) {
 	return done, err
 }
 
-// Close ends the attempt, answered or not, and frees its socket. Its ready
-// is not called once Close has returned.
-func (a *Pending) Close() { a.c.Close() }
+// Close ends the attempt, answered or not, and gives its socket back to
+// the prober for the next. Its ready is not called once Close has
+// returned.
+func (a *Pending) Close() {
+	if fd := a.c.release(); fd >= 0 {
+		a.p.recycle(fd)
+	}
+}
 
 // dialTCP connects a fresh TCP socket, created through s, to dst, and
 // returns it. re learns from a failed connect, and names the ICMP error
 // behind the next.
 func dialTCP(ctx context.Context, s Sockets, dst netip.AddrPort, re *recvErr) (fd int, err error) {
 	ready := make(chan struct{}, 1)
-	c, connected, err := startConnect(s, dst, re, func() {
+	c, connected, err := startConnect(s, -1, dst, re, func() {
 		select {
 		case ready <- struct{}{}:
 		default:
@@ -112,22 +178,25 @@ type tcpConn struct {
 	set *epollSet // where fd is watched; nil once it is not
 }
 
-// startConnect creates a socket through s and connects it to dst, without
-// blocking. It returns the connection either connected or still connecting
-// (ready is then called each time it may have ended; see result), or the
-// connect's error: its errno, or an *ICMPError when re is armed and one
-// refused it. re learns from that error.
-func startConnect(s Sockets, dst netip.AddrPort, re *recvErr, ready func()) (c *tcpConn, connected bool, err error) {
-	domain := unix.AF_INET6
-	if dst.Addr().Is4() {
-		domain = unix.AF_INET
-	}
-	fd, err := s.Socket(domain, unix.SOCK_STREAM, unix.IPPROTO_TCP)
-	if err != nil {
-		return nil, false, err
+// startConnect connects a socket to dst, without blocking: spare, one a
+// tcpProber recycled, or when it is -1 a new one created through s. It
+// returns the connection either connected or still connecting (ready is
+// then called each time it may have ended; see result), or the connect's
+// error: its errno, or an *ICMPError when re is armed and one refused it.
+// re learns from that error.
+func startConnect(s Sockets, spare int, dst netip.AddrPort, re *recvErr, ready func()) (c *tcpConn, connected bool, err error) {
+	fd := spare
+	if fd < 0 {
+		domain := unix.AF_INET6
+		if dst.Addr().Is4() {
+			domain = unix.AF_INET
+		}
+		if fd, err = s.Socket(domain, unix.SOCK_STREAM, unix.IPPROTO_TCP); err != nil {
+			return nil, false, err
+		}
 	}
 	c = &tcpConn{fd: fd, dst: dst, re: re}
-	if connected, err = c.connect(ready); err != nil {
+	if connected, err = c.connect(ready, spare < 0); err != nil {
 		re.arm(err)
 		c.Close()
 		return nil, false, err
@@ -135,12 +204,14 @@ func startConnect(s Sockets, dst netip.AddrPort, re *recvErr, ready func()) (c *
 	return c, connected, nil
 }
 
-func (c *tcpConn) connect(ready func()) (connected bool, err error) {
+func (c *tcpConn) connect(ready func(), fresh bool) (connected bool, err error) {
 	// A zero linger makes close send a RST and free the socket at once: at
 	// a few attempts a second, closing with a FIN would pile sockets up in
-	// FIN_WAIT and TIME_WAIT in the pod netns.
-	if err := setsockoptRaw(c.fd, unix.SOL_SOCKET, unix.SO_LINGER, unsafe.Pointer(&unix.Linger{Onoff: 1}), unix.SizeofLinger); err != nil {
-		return false, err
+	// FIN_WAIT and TIME_WAIT in the pod netns. A recycled socket has it.
+	if fresh {
+		if err := setsockoptRaw(c.fd, unix.SOL_SOCKET, unix.SO_LINGER, unsafe.Pointer(&unix.Linger{Onoff: 1}), unix.SizeofLinger); err != nil {
+			return false, err
+		}
 	}
 	if err := c.re.set(c.fd, c.dst.Addr().Is6()); err != nil {
 		return false, err
@@ -194,12 +265,11 @@ func (c *tcpConn) result() (connected bool, err error) {
 // socket writable, which the epoll set reports even when that was before
 // the socket was added.
 func (c *tcpConn) handshake(woken bool) (done bool, err error) {
-	v := int32(0)
-	vlen := uint32(4)
-	if _, _, errno := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(c.fd), unix.SOL_SOCKET, unix.SO_ERROR, uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&vlen)), 0); errno != 0 {
-		return true, errno
+	pending, err := soError(c.fd)
+	if err != nil {
+		return true, err
 	}
-	switch errno := unix.Errno(v); errno {
+	switch errno := pending; errno {
 	case unix.EINPROGRESS, unix.EALREADY, unix.EINTR:
 		return false, nil
 	case 0, unix.EISCONN:
@@ -216,6 +286,16 @@ func (c *tcpConn) handshake(woken bool) (done bool, err error) {
 	default:
 		return true, c.connectErr(errno)
 	}
+}
+
+// soError reads, and so clears, fd's pending error (SO_ERROR).
+func soError(fd int) (pending unix.Errno, err error) {
+	v := int32(0)
+	vlen := uint32(4)
+	if _, _, errno := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_ERROR, uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&vlen)), 0); errno != 0 {
+		return 0, errno
+	}
+	return unix.Errno(v), nil
 }
 
 // connectErr is errno, or the ICMP error behind it when re is armed.
