@@ -96,6 +96,17 @@ func topology(t *testing.T) (podPath, peerPath string) {
 	return podPath, peerPath
 }
 
+// podWithPeer builds the topology, starts the peer's servers and opens the
+// pod's netns once both peer addresses answer.
+func podWithPeer(t *testing.T) (*podns.NetNS, peerServers) {
+	needRoot(t)
+	podPath, peerPath := topology(t)
+	srv := startPeer(t, peerPath)
+	pod := openNetNS(t, podPath)
+	waitUp(t, pod, peer4, peer6)
+	return pod, srv
+}
+
 // peerServers are the servers in the peer netns, listening on both families.
 type peerServers struct {
 	web, tls, dns, closed uint16 // ports
@@ -164,11 +175,7 @@ func waitUp(t *testing.T, s Sockets, targets ...netip.Addr) {
 }
 
 func TestNetNS(t *testing.T) {
-	needRoot(t)
-	podPath, peerPath := topology(t)
-	srv := startPeer(t, peerPath)
-	pod := openNetNS(t, podPath)
-	waitUp(t, pod, peer4, peer6)
+	pod, srv := podWithPeer(t)
 
 	const short = 500 * time.Millisecond
 	ap := netip.AddrPortFrom
@@ -467,11 +474,7 @@ func TestTCPAttemptsShareOneEpollSet(t *testing.T) {
 // prober has the error queue armed (not kept) all leave the next attempt
 // its own outcome.
 func TestStartRecyclesSockets(t *testing.T) {
-	needRoot(t)
-	podPath, peerPath := topology(t)
-	srv := startPeer(t, peerPath)
-	pod := openNetNS(t, podPath)
-	waitUp(t, pod, peer4, peer6)
+	pod, srv := podWithPeer(t)
 	spare := func(p Starter) []int {
 		tp := p.(*tcpProber)
 		tp.mu.Lock()
