@@ -88,8 +88,9 @@ func (s *epollSet) rearm(fd int) error {
 
 // unwatch stops telling fd's attempt about it: once it has returned, its
 // ready is not called again. The caller then closes fd, which takes it out
-// of the epoll set; an event for it that run read already finds no one to
-// tell. The last to leave closes the set.
+// of the epoll set, or keeps it for another attempt (tcpProber.recycle),
+// whose watch arms it again; an event for it that run read already finds
+// no one to tell. The last to leave closes the set.
 func (s *epollSet) unwatch(fd int) {
 	s.mu.Lock()
 	delete(s.waiting, int32(fd))
