@@ -152,15 +152,24 @@ func TestConcurrentAppends(t *testing.T) {
 }
 
 // TestConcurrentAppendsDropping: the same with Keep 3, as on a node: the
-// oldest files are dropped, but what remains is whole and unique, exactly
-// Keep rotated files exist, and each was rotated only once past the cap.
+// oldest files are dropped, but what remains is whole and unique, at most
+// Keep rotated files exist (Keep, unless a rotation's lock holder was kept
+// off the CPU meanwhile), and each was rotated only once past the cap.
 func TestConcurrentAppendsDropping(t *testing.T) {
 	const procs, lines = 100, 50
 	f := File{Path: filepath.Join(t.TempDir(), "netready.log"), MaxBytes: 64 << 10, Keep: 3}
 	runHelpers(t, f, procs, lines)
 	seen, rotated, _ := readGenerations(t, f.Path)
-	if rotated != f.Keep {
-		t.Errorf("%d rotated files, want Keep = %d", rotated, f.Keep)
+	switch {
+	case rotated < 1 || rotated > f.Keep:
+		t.Errorf("%d rotated files, want 1 to Keep = %d", rotated, f.Keep)
+	case rotated < f.Keep && len(seen) != procs*lines:
+		// A writer that finds the rotation lock taken does not wait, so a
+		// holder that the scheduler keeps off the CPU (make test loads
+		// the machine) lets the others append past the cap: fewer
+		// rotations, which is allowed. But no line may go before Keep
+		// rotated files exist.
+		t.Errorf("%d of %d lines found with only %d rotated files: lines dropped before Keep = %d existed", len(seen), procs*lines, rotated, f.Keep)
 	}
 	for n := 1; n <= rotated; n++ {
 		if st, err := os.Stat(Generation(f.Path, n)); err != nil || st.Size() <= f.MaxBytes {
