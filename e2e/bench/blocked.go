@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -27,11 +28,12 @@ const blockedSettle = 2 * time.Second
 // loaded machine, the wait, and netready's exit.
 const blockedAddTimeout = 3 * time.Minute
 
-// allWaiting returns when n children named comm (netready, the no-op plugin) run at once.
-func (m *measurer) allWaiting(comm string, n int) (time.Time, error) {
+// allWaiting returns when n children named comm (netready, the no-op plugin) run at once, as
+// procs reads them.
+func (m *measurer) allWaiting(procs *privateProc, comm string, n int) (time.Time, error) {
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		running := len(childCPU(comm))
+		running := len(procs.childCPU(comm))
 		if running >= n {
 			return time.Now(), nil
 		}
@@ -149,24 +151,29 @@ func (m *measurer) blockedRound(list *libcni.NetworkConfigList, fault *testbed.F
 	}
 	// The chain before netready takes a while for n pods at once (host-local's lock, a loaded
 	// machine): the wait counts from when every netready is running.
-	waiting, err := m.allWaiting(testbed.Netready, n)
+	procs := newPrivateProc()
+	defer procs.close()
+	waiting, err := m.allWaiting(procs, testbed.Netready, n)
 	if err != nil {
 		fault.Unblock()
 		wg.Wait()
 		return res, err
 	}
 	opened := fault.OpenAt(waiting.Add(wait))
+	prof := profileBurst(fault.String(), waiting.Add(wait))
 	windowEnd := waiting.Add(wait - 250*time.Millisecond)
 	time.Sleep(time.Until(waiting.Add(min(blockedSettle, wait/4))))
-	cpu1 := childCPU(testbed.Netready)
+	cpu1 := procs.childCPU(testbed.Netready)
 	c1, t1, cerr1 := m.nftCounter.read(m.ctx)
 	time.Sleep(time.Until(windowEnd))
-	cpu2 := childCPU(testbed.Netready)
+	cpu2 := procs.childCPU(testbed.Netready)
+	procs.close() // before the opening: see privateProc
 	if os.Getenv("NR_BENCH_DEBUG") != "" {
 		fmt.Fprintf(os.Stderr, "netready processes at the window's start and end: %d, %d; %v of CPU\n", len(cpu1), len(cpu2), cpuDelta(cpu1, cpu2))
 	}
 	c2, t2, cerr2 := m.nftCounter.read(m.ctx)
 	wg.Wait()
+	prof()
 	o, oerr := waitOpened(opened)
 	delErrs := make([]error, n)
 	parallel(n, 8, func(i int) { delErrs[i] = m.delAndRemove(list, pods[i]) })
@@ -259,15 +266,21 @@ func (m *measurer) floorRound(n int) ([]float64, error) {
 			back[i] = time.Now()
 		})
 	}
-	if _, err := m.allWaiting(noopType, n); err != nil {
+	procs := newPrivateProc()
+	_, err = m.allWaiting(procs, noopType, n)
+	procs.close()
+	if err != nil {
 		w.Close()
 		wg.Wait()
 		return nil, fmt.Errorf("floor: %w", err)
 	}
 	time.Sleep(blockedSettle) // as the blocked rounds: every process settled in its wait
+	prof := profileBurst("floor", time.Now().Add(5*time.Millisecond))
+	time.Sleep(5 * time.Millisecond)
 	released := time.Now()
 	w.Close()
 	wg.Wait()
+	prof()
 	var out []float64
 	for i, err := range errs {
 		if err != nil {
@@ -299,21 +312,23 @@ func cpuDelta(before, after map[int]time.Duration) time.Duration {
 // over a 7.75 s window is a step of 1.3 ms/s, a quarter of idle one's goal. A thread that exits
 // within the window takes its time with it; a waiting netready starts and ends none. Without
 // schedstat (a kernel without CONFIG_SCHED_INFO) it falls back to the ticks.
-func childCPU(comm string) map[int]time.Duration {
+func (p *privateProc) childCPU(comm string) map[int]time.Duration {
 	self := os.Getpid()
 	out := map[int]time.Duration{}
-	testbed.Pids(func(pid int, dir string) bool {
-		data, err := os.ReadFile(filepath.Join(dir, "stat"))
-		if err != nil {
-			return false // exited meanwhile
-		}
-		if c, ppid, cpu, ok := parseStat(data); ok && ppid == self && c == comm {
-			if run, ok := threadsRunTime(dir); ok {
-				cpu = run
+	p.run(func() {
+		testbed.Pids(func(pid int, dir string) bool {
+			data, err := os.ReadFile(filepath.Join(dir, "stat"))
+			if err != nil {
+				return false // exited meanwhile
 			}
-			out[pid] = cpu
-		}
-		return false
+			if c, ppid, cpu, ok := parseStat(data); ok && ppid == self && c == comm {
+				if run, ok := threadsRunTime(dir); ok {
+					cpu = run
+				}
+				out[pid] = cpu
+			}
+			return false
+		})
 	})
 	return out
 }
@@ -379,3 +394,100 @@ func parseStat(data []byte) (comm string, ppid int, cpu time.Duration, ok bool) 
 
 // noopType is the bench's minimal chained plugin (e2e/bench/noop), for overhead_vs_noop.
 const noopType = "netready-noop"
+
+// profileBurst lets `perf record --control fifo:CTL -D -1` sample only the burst after an
+// opening: with NR_BENCH_PERF_CTL=CTL (perf's control FIFO) it writes "enable" to it 5 ms before
+// at and "disable" when the returned func is called (every ADD returned). NR_BENCH_PERF_ROUND,
+// if set, names the one round to sample: the fault's name ("nft drop in router", "blackhole
+// route on node") or "floor". Without NR_BENCH_PERF_CTL, nothing.
+//
+//	mkfifo /tmp/ctl && perf record -a -g --control fifo:/tmp/ctl -D -1 -o burst.data &
+//	NR_BENCH_PERF_CTL=/tmp/ctl bench -only blocked
+func profileBurst(round string, at time.Time) (stop func()) {
+	path := os.Getenv("NR_BENCH_PERF_CTL")
+	if only := os.Getenv("NR_BENCH_PERF_ROUND"); path == "" || only != "" && only != round {
+		return func() {}
+	}
+	ctl, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "NR_BENCH_PERF_CTL: %v\n", err)
+		return func() {}
+	}
+	t := time.AfterFunc(time.Until(at.Add(-5*time.Millisecond)), func() { ctl.WriteString("enable\n") })
+	return func() {
+		if t.Stop() { // the burst never came: nothing to record
+			ctl.Close()
+			return
+		}
+		ctl.WriteString("disable\n")
+		ctl.Close()
+	}
+}
+
+// privateProc reads /proc through a procfs instance of its own, mounted over /proc in a mount
+// namespace that only one locked thread has; close ends the thread, and the namespace and that
+// procfs end with it.
+//
+// The bench reads every waiting netready's /proc/PID/task/TID/schedstat, and each file it looks
+// up stays in the kernel's dentry cache while the process lives. Reaping a process invalidates
+// its /proc dentries (release_task → proc_invalidate_siblings_dcache), under locks that 110
+// processes exiting at once contend for: `perf record -a` over the second after an opening
+// put a fifth of all samples there, in the bench's waitid and the exiting threads, a cost that
+// no runtime pays for a CNI plugin it never looked at. Dropping the instance before the opening
+// drops its dentries, so the returns measure netready and not the bench. Without a private
+// procfs (no CAP_SYS_ADMIN) it reads the shared /proc, and says so once.
+type privateProc struct {
+	do   chan func()
+	done chan struct{}
+	once sync.Once
+}
+
+func newPrivateProc() *privateProc {
+	p := &privateProc{do: make(chan func()), done: make(chan struct{})}
+	ready := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		defer close(p.done)
+		ready <- mountPrivateProc()
+		for f := range p.do {
+			f()
+		}
+	}()
+	if err := <-ready; err != nil {
+		privateProcWarn.Do(func() {
+			fmt.Fprintf(os.Stderr, "bench: reading the shared /proc (its dentries then stay until each netready is reaped): %v\n", err)
+		})
+	}
+	return p
+}
+
+var privateProcWarn sync.Once
+
+// mountPrivateProc gives the calling thread a mount namespace of its own with a new procfs over
+// /proc. On an error the thread may be half-way; it is never reused (its goroutine stays locked).
+func mountPrivateProc() error {
+	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("unshare(CLONE_NEWNS): %w", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("making / private in the new mount namespace: %w", err)
+	}
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mounting procfs: %w", err)
+	}
+	return nil
+}
+
+// run runs f on the reader's thread and returns when it is done.
+func (p *privateProc) run(f func()) {
+	ran := make(chan struct{})
+	p.do <- func() { defer close(ran); f() }
+	<-ran
+}
+
+// close ends the reader's thread; it is idempotent. Its procfs goes with the thread's mount
+// namespace, when the kernel tears the thread down, moments after close returns.
+func (p *privateProc) close() {
+	p.once.Do(func() { close(p.do) })
+	<-p.done
+}
