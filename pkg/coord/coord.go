@@ -26,6 +26,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/netready/netready/internal/threadns"
 )
 
 // DefaultDir is on tmpfs on every systemd host (and K3s's): nothing in it
@@ -90,13 +92,13 @@ func Open(dir string) (*Node, error) {
 // asks for the calling thread's netns, not /proc/self's: that is the main
 // thread's, and the main thread may be the one locked into the pod's netns
 // to make its sockets (pkg/probe), which would give every such pod a table
-// of its own.
+// of its own. It asks a socket, not /proc/thread-self (internal/threadns).
 func netnsID() (string, error) {
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
-		return "", fmt.Errorf("stat /proc/thread-self/ns/net: %w", err)
+	id, err := threadns.Self()
+	if err != nil {
+		return "", err
 	}
-	return strconv.FormatUint(st.Dev, 16) + ":" + strconv.FormatUint(st.Ino, 16), nil
+	return strconv.FormatUint(id.Dev, 16) + ":" + strconv.FormatUint(id.Ino, 16), nil
 }
 
 // Answered wakes when the leader of one of this ADD's targets saw it answer

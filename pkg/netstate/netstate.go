@@ -12,7 +12,6 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,11 +21,17 @@ type NetNS struct {
 	h netlinksafe.Handle
 }
 
-// OpenAt returns a view of the netns that nsh, an open file of it, names.
-// The caller keeps nsh: the view's netlink socket holds the namespace on
-// its own. (podns.Open is how netready opens a pod's netns.)
-func OpenAt(nsh netns.NsHandle) (*NetNS, error) {
-	h, err := netlinksafe.NewHandleAt(nsh, unix.NETLINK_ROUTE)
+// OpenHere returns a view of the calling thread's netns: the caller has
+// locked its goroutine to a thread in the namespace to view. The view's
+// netlink socket belongs to that namespace from then on, whichever thread
+// uses it. (podns.Open is how netready opens a pod's netns.)
+//
+// It is made on a thread already inside rather than with netlink's
+// NewHandleAt, which enters the namespace and returns to the thread's own
+// by opening /proc/PID/task/TID/ns/net (see internal/threadns for what
+// that lookup costs).
+func OpenHere() (*NetNS, error) {
+	h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/netready/netready/internal/testns"
 )
@@ -32,12 +32,16 @@ func run(t *testing.T, args ...string) {
 
 func open(t *testing.T, name string) *NetNS {
 	t.Helper()
-	nsh, err := netns.GetFromPath(filepath.Join(testns.Dir, name))
+	nsh, err := ns.GetNS(filepath.Join(testns.Dir, name))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nsh.Close()
-	n, err := OpenAt(nsh)
+	var n *NetNS
+	err = nsh.Do(func(ns.NetNS) error {
+		n, err = OpenHere()
+		return err
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

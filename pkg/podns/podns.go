@@ -14,7 +14,6 @@ import (
 	"unsafe"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/netready/netready/pkg/netstate"
@@ -111,20 +110,14 @@ func Open(path string) (*NetNS, error) {
 	if errno != 0 {
 		return nil, fmt.Errorf("netns %s: %w", path, os.NewSyscallError("statx", errno))
 	}
-	view, err := netstate.OpenAt(netns.NsHandle(fd))
-	if err != nil {
-		return nil, fmt.Errorf("netns %s: %w", path, err)
-	}
 	cpath, err := unix.BytePtrFromString(path)
 	if err != nil {
-		view.Close()
 		return nil, fmt.Errorf("netns %s: %w", path, err)
 	}
-	n := &NetNS{path: path, cpath: cpath, id: id, view: view, reqs: make(chan socketReq), done: make(chan struct{})}
+	n := &NetNS{path: path, cpath: cpath, id: id, reqs: make(chan socketReq), done: make(chan struct{})}
 	entered := make(chan error)
 	go n.serve(fd, n.reqs, entered)
 	if err := <-entered; err != nil {
-		view.Close()
 		return nil, fmt.Errorf("netns %s: %w", path, err)
 	}
 	return n, nil
@@ -143,8 +136,10 @@ func (e *badNetNS) Unwrap() error { return e.err }
 // serve runs on a locked OS thread that enters the namespace and never
 // leaves it. It is never unlocked: when the goroutine returns, the runtime
 // ends the thread instead of reusing it, so no other code runs in the pod's
-// netns. It starts no goroutine and makes nothing but sockets. It takes reqs
-// as an argument: Close may set n.reqs to nil as soon as entered is sent.
+// netns. It starts no goroutine and makes nothing but sockets: first the
+// netlink view's (n.view, set before entered is sent), then what Socket
+// asks for. It takes reqs as an argument: Close may set n.reqs to nil as
+// soon as entered is sent.
 func (n *NetNS) serve(nsfd int, reqs <-chan socketReq, entered chan<- error) {
 	defer close(n.done)
 	runtime.LockOSThread()
@@ -152,6 +147,12 @@ func (n *NetNS) serve(nsfd int, reqs <-chan socketReq, entered chan<- error) {
 		entered <- os.NewSyscallError("setns", err)
 		return
 	}
+	view, err := netstate.OpenHere()
+	if err != nil {
+		entered <- err
+		return
+	}
+	n.view = view
 	entered <- nil
 	for req := range reqs {
 		k := req.kind

@@ -104,6 +104,13 @@ func TestBadInput(t *testing.T) {
 		{name: "CNI_NETNS a directory", env: map[string]string{"CNI_NETNS": dir}, code: 8, msg: "CNI_NETNS: netns " + dir, msg2: "not a network namespace"},
 		{name: "CNI_NETNS the plugin's own", env: map[string]string{"CNI_NETNS": "/proc/self/ns/net"}, code: 8,
 			msg: "CNI_NETNS /proc/self/ns/net is the plugin's own netns", root: "runs the plugin in a netns made for the test, so that its own netns is not the machine's"},
+		// netready makes skel's check itself (skel's is off: it costs the runtime at reaping), so a
+		// pod with nothing to wait for is refused as before, and CHECK too.
+		{name: "CNI_NETNS the plugin's own, pod skipped", stdin: field("skip", map[string]any{"namespaces": []string{"default"}}),
+			env: map[string]string{"CNI_NETNS": "/proc/self/ns/net"}, code: 8,
+			msg: "CNI_NETNS /proc/self/ns/net is the plugin's own netns", root: "runs the plugin in a netns made for the test, so that its own netns is not the machine's"},
+		{name: "CHECK CNI_NETNS the plugin's own", verb: "CHECK", env: map[string]string{"CNI_NETNS": "/proc/self/ns/net"}, code: 8,
+			msg: "CNI_NETNS /proc/self/ns/net is the plugin's own netns", root: "runs the plugin in a netns made for the test, so that its own netns is not the machine's"},
 		{name: "CNI_IFNAME missing", env: map[string]string{"CNI_IFNAME": ""}, code: 4, msg: "[CNI_IFNAME] missing"},
 		{name: "CNI_IFNAME too long", env: map[string]string{"CNI_IFNAME": "eth0123456789abc"}, code: 4, msg: "interface name is too long"},
 		{name: "CNI_IFNAME with slash", env: map[string]string{"CNI_IFNAME": "eth0/1"}, code: 4, msg: "contains / or :"},
@@ -263,6 +270,8 @@ func TestBadInput(t *testing.T) {
 		{name: "DEL CNI_ARGS malformed", verb: "DEL", env: map[string]string{"CNI_ARGS": "junk"}, ok: true},
 		{name: "DEL invalid config", verb: "DEL", stdin: field("timeout", "forever"), ok: true},
 		{name: "DEL without netns", verb: "DEL", env: map[string]string{"CNI_NETNS": ""}, ok: true},
+		{name: "DEL in the plugin's own netns", verb: "DEL", env: map[string]string{"CNI_NETNS": "/proc/self/ns/net"}, ok: true,
+			root: "runs the plugin in a netns made for the test, so that its own netns is not the machine's"},
 	}
 	if len(tests) < 40 {
 		t.Fatalf("%d cases, want at least 40", len(tests))

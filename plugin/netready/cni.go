@@ -8,13 +8,13 @@ import (
 	"io"
 	"time"
 
-	cnins "github.com/containernetworking/cni/pkg/ns"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	cniversion "github.com/containernetworking/cni/pkg/version"
 
 	"github.com/netready/netready/internal/logrec"
+	"github.com/netready/netready/internal/threadns"
 	"github.com/netready/netready/pkg/config"
 	"github.com/netready/netready/pkg/gate"
 	"github.com/netready/netready/pkg/podcheck"
@@ -105,12 +105,31 @@ func prepare(rec *record, args *skel.CmdArgs) (*config.Conf, *current.Result, co
 		return nil, nil, pod, config.Spec{}, err
 	}
 	rec.setPod(pod)
+	if err := notOwnNetNS(args.Netns); err != nil {
+		return nil, nil, pod, config.Spec{}, err
+	}
 	spec, err := conf.Resolve(pod)
 	rec.spec = &spec
 	if err == nil && spec.Skipped {
 		rec.outcome, rec.reason = logrec.Skipped, spec.SkipReason
 	}
 	return conf, prev, pod, spec, err
+}
+
+// notOwnNetNS fails when CNI_NETNS is the plugin's own netns: gating it
+// would probe from the node itself. It is the check skel makes after ADD and
+// DEL (cni's ns.CheckNetNS), made before the wait and without its lookup of
+// /proc/PID/task/TID, which makes the process costlier to reap
+// (internal/threadns); main turns skel's off (CNI_NETNS_OVERRIDE).
+func notOwnNetNS(path string) error {
+	own, err := threadns.IsSelf(path)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetNS, "get plugin's netns failed", err.Error())
+	}
+	if own {
+		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS "+path+" is the plugin's own netns, not a pod's", "")
+	}
+	return nil
 }
 
 // parse reads the plugin object and the previous plugin's result.
@@ -142,13 +161,6 @@ func (p *plugin) gate(rec *record, args *skel.CmdArgs, network string, spec conf
 	if err != nil {
 		return prevResultError(network, err)
 	}
-	// Gating the plugin's own netns would probe from the node itself.
-	if own, cerr := cnins.CheckNetNS(args.Netns); cerr != nil {
-		return cerr
-	} else if own {
-		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS "+args.Netns+" is the plugin's own netns, not a pod's", "")
-	}
-
 	ctx, cancel := context.WithDeadline(context.Background(), p.start.Add(budget))
 	defer cancel()
 	// What ends a wait early besides the pod's netns going away: the

@@ -30,6 +30,12 @@ func main() {
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
 	}
+	// skel checks after ADD and DEL that CNI_NETNS is not the plugin's own
+	// netns, by opening /proc/PID/task/TID/ns/net, which makes every
+	// invocation costlier for the runtime to reap (internal/threadns).
+	// netready makes that check itself for ADD and CHECK, before it waits
+	// (notOwnNetNS); its DEL touches no netns and always succeeds.
+	os.Setenv("CNI_NETNS_OVERRIDE", "1")
 	skel.PluginMainFuncs(skel.CNIFuncs{
 		Add:    p.add,
 		Del:    p.del,
