@@ -7,12 +7,12 @@
 // invalidates when the process is reaped (release_task →
 // proc_invalidate_siblings_dcache); when many processes exit at once their
 // reapers contend there. 110 Go processes released at once, each having
-// made that lookup from four threads, cost their parent 43-90 ms of CPU to
-// reap against 5-8 ms without, and returned at p99 42-67 ms against 14-29
-// (this project's 2-core VM, kernel 6.18; a lookup of /proc/self/ns/net,
-// the main thread's, costs nothing measurable). A CNI plugin is reaped by
-// the runtime after every ADD, and the ADDs a path opening releases are
-// reaped at once.
+// made that lookup from four threads, cost their parent 41-49 ms of CPU to
+// reap against 5-9 ms without, and were all reaped at p99 46-48 ms against
+// 19-30 (e2e/bench/reapcost, three runs each on this project's 2-core VM,
+// kernel 6.18; a lookup of /proc/self/ns/net from the same threads costs
+// nothing measurable). A CNI plugin is reaped by the runtime after every
+// ADD, and the ADDs a path opening releases are reaped at once.
 //
 // A socket knows its namespace: SIOCGSKNS on a socket just made gives it.
 package threadns
