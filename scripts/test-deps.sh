@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what netready's tests need on a Debian machine, as root: iproute2
 # (ip netns), nftables (the tests' fault injection and the node watcher's
-# nftables events), iptables (portmap's rules) and qemu-user-static (to run
-# the arm64 and armv7 release binaries). Go itself must already be
+# nftables events), iptables (portmap's rules), qemu-user-static (to run
+# the arm64 and armv7 release binaries) and strace (to see which files
+# netready looks up). Go itself must already be
 # on the machine; the Go modules the tests build (the reference CNI plugins)
 # are pinned in go.mod and fetched by the go command.
 set -euo pipefail
@@ -21,6 +22,7 @@ command -v ethtool >/dev/null 2>&1 || need+=(ethtool)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 ldconfig -p 2>/dev/null | grep -q libseccomp.so.2 || need+=(libseccomp2)
 command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static) # make dist-check runs the arm builds
+command -v strace >/dev/null 2>&1 || need+=(strace) # e2e: netready looks up no thread's /proc directory
 
 if [ "${#need[@]}" -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
