@@ -229,13 +229,32 @@ func huntPolicies() []string {
 // K3s restarted (restart: Node.Restart, Agent.Restart) so that flannel, kube-router and
 // kube-proxy add their jumps to it as they do at boot. It returns FORWARD once all three are
 // there. Cleanup deletes firewalld's rules only.
+//
+// make test once found FORWARD after the restart without firewalld's REJECT, most likely
+// written back by kube-router, whose policy sync restores the whole filter table from an
+// iptables-save it took before (see removeFirewalldIptables). Then it starts over, up to three
+// times, and returns what the last try left for the caller to judge.
 func firewalldIptablesFirst(t *testing.T, node *testbed.Netns, restart func(context.Context) error) []string {
+	t.Helper()
+	t.Cleanup(func() { removeFirewalldIptables(t, node) })
+	for try := 1; ; try++ {
+		chain := firewalldIptablesOnce(t, node, restart)
+		if try == 3 || ruleIndex(chain, firewalldReject) >= 0 {
+			return chain
+		}
+		t.Logf("try %d: firewalld's REJECT gone from FORWARD after K3s's restart; again:\n%s", try, strings.Join(chain, "\n"))
+	}
+}
+
+// firewalldReject is the rule that ends firewalld's FORWARD (firewalldIptablesBase).
+const firewalldReject = "REJECT --reject-with icmp-host-prohibited"
+
+func firewalldIptablesOnce(t *testing.T, node *testbed.Netns, restart func(context.Context) error) []string {
 	t.Helper()
 	ctx := t.Context()
 	if _, err := node.Exec(ctx, "iptables", "-F", "FORWARD"); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { removeFirewalldIptables(t, node) })
 	if _, err := node.ExecInput(ctx, firewalldIptablesBase(), "iptables-restore", "--noflush"); err != nil {
 		t.Fatal(err)
 	}

@@ -30,7 +30,7 @@ func TestSeedFirewalld(t *testing.T) {
 	figures.SetIn("seed_firewalld", "forward_chain", chain)
 	// The reproduction rests on this order; a K3s that inserts flannel's accept, or a firewalld
 	// whose rules differ, changes the scenario: say so instead of measuring something else.
-	if reject, flannel := ruleIndex(chain, "REJECT --reject-with icmp-host-prohibited"), ruleIndex(chain, "FLANNEL-FWD"); reject < 0 || flannel < reject {
+	if reject, flannel := ruleIndex(chain, firewalldReject), ruleIndex(chain, "FLANNEL-FWD"); reject < 0 || flannel < reject {
 		t.Fatalf("FORWARD does not have flannel's accept behind firewalld's REJECT (REJECT at %d, FLANNEL-FWD at %d):\n%s", reject, flannel, strings.Join(chain, "\n"))
 	}
 
