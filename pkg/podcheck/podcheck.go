@@ -36,6 +36,16 @@ const removalCheckEvery = time.Second
 // first round left conditions unmet, so a ready pod pays for none.
 type End func(ctx context.Context, end context.CancelCauseFunc) (stop func())
 
+// OnWait is an End that never ends the wait: it calls f once, on the
+// gate's goroutine, when the wait begins. For work worth doing only when
+// the pod waits (the plugin readies its answer then).
+func OnWait(f func()) End {
+	return func(context.Context, context.CancelCauseFunc) func() {
+		f()
+		return func() {}
+	}
+}
+
 // Run opens the pod's netns and waits in it (RunIn). The error is for what
 // prevents gating at all (a missing netns, podns.IsBadNetNS; a netlink or
 // socket failure); unmet conditions are in the report.

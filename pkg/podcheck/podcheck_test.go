@@ -110,6 +110,37 @@ func TestRunSeesALateRoute(t *testing.T) {
 	}
 }
 
+// TestOnWait: a pod whose network works does not wait, and pays for
+// nothing OnWait readies; a pod that waits calls it once.
+func TestOnWait(t *testing.T) {
+	pod, podNS, _ := testPod(t)
+	pod.Links[0].Addrs = pod.Links[0].Addrs[:1] // IPv4 only
+	calls := 0
+	onWait := OnWait(func() { calls++ })
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	rep, err := Run(ctx, spec(t), pod, onWait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Ready() || calls != 0 {
+		t.Fatalf("ready pod: ready %v (%s), OnWait called %d times, want ready and 0", rep.Ready(), rep.Summary(), calls)
+	}
+
+	run(t, "ip", "-n", podNS, "route", "del", "default")
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		exec.Command("ip", "-n", podNS, "route", "add", "default", "via", "10.99.0.1").Run()
+	}()
+	rep, err = Run(ctx, spec(t), pod, onWait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Ready() || calls != 1 {
+		t.Fatalf("pod that waited for its route: ready %v (%s), OnWait called %d times, want ready and 1", rep.Ready(), rep.Summary(), calls)
+	}
+}
+
 func TestRunStopsWhenTheNetNSIsRemoved(t *testing.T) {
 	pod, podNS, _ := testPod(t)
 	go func() {

@@ -188,3 +188,18 @@ func (r *record) write() {
 	}
 	logfile.File{Path: r.logFile}.Write(b, r.p.stderr)
 }
+
+// warmLog readies the log line's encoding, discarding a line like the one
+// a wait ends with: encoding/json builds its encoders for the record's
+// types on first use, and the code it runs is paged in. A waiting ADD
+// calls it when its wait begins (podcheck.OnWait), so that the line costs
+// little when the path opens and every waiting ADD on the node answers at
+// once.
+func warmLog() {
+	_, _ = logrec.Record{
+		Time: time.Now(), Level: logrec.LevelInfo, Outcome: logrec.Ready, TotalMS: 1.5,
+		Probes:     []logrec.Probe{{URL: "tcp://", Origin: "config"}},
+		Conditions: []logrec.Condition{{Name: "gateway", Ready: true, AfterMS: 1.5, Attempts: 1}},
+		Notes:      []string{"warm"},
+	}.Marshal()
+}
