@@ -1,8 +1,8 @@
 // Package coord lets the ADDs that wait on one target on a node share its
 // probing without a daemon, through small files under /run/netready: an
 // flock says who leads, a timestamp meters the followers' attempts, and a
-// futex word in the lead file, mapped by all, wakes them when the leader's
-// target answered.
+// counter in the lead file, mapped by all, with a FIFO beside it whose
+// pollers a byte wakes, tells them when the target answered someone.
 //
 // Nothing here may make an ADD fail: Open and Target return an error (the
 // caller then probes alone, at the full schedule, and logs why), and a
@@ -15,8 +15,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math"
-	"math/rand/v2"
 	"os"
 	"runtime/debug"
 	"strconv"
@@ -45,9 +43,8 @@ type Node struct {
 	dir   *os.File // held open: every file is opened relative to it
 	netns string   // the node netns's identity, mixed into every name
 	wake  chan struct{}
-	// closeBit wakes this ADD's own futex waiters on Close.
-	closeBit uint32
-	waiters  sync.WaitGroup
+	// waiters are the targets' waitAnswers, which Close ends.
+	waiters sync.WaitGroup
 
 	mu      sync.Mutex
 	targets []*Target // guarded by mu
@@ -84,7 +81,7 @@ func Open(dir string) (*Node, error) {
 		d.Close()
 		return nil, err
 	}
-	return &Node{dir: d, netns: netns, wake: make(chan struct{}, 1), closeBit: 1 << (1 + rand.N(31))}, nil
+	return &Node{dir: d, netns: netns, wake: make(chan struct{}, 1)}, nil
 }
 
 // netnsID names the netns netready runs in, the node's: two simulated nodes
@@ -120,28 +117,17 @@ type Target struct {
 	lead  *os.File // flock held by the leader
 	slot  *os.File // the followers' last attempt, 8 bytes of Unix nanoseconds
 	word  []byte   // the first 4 bytes of lead, mapped shared: the answer counter
+	bell  *os.File // a FIFO rung after each answer (ring), in Go's poller
 	gone  bool     // word is unmapped; guarded by n.mu
 	mu    sync.Mutex
 	leads bool // guarded by mu
 	now   func() time.Time
 }
 
-// wordSize is what the lead file holds: a futex word. A futex, not inotify,
-// wakes the followers: inotify instances are limited per user (128 by
-// default), and a node with 110 waiting ADDs, besides the kubelet's and
-// containerd's own, runs out of them.
+// wordSize is what the lead file holds: the answer counter, which only
+// ever changes; a waiter compares it with the value it last saw, so a
+// wake-up that did not come from an answer costs nothing.
 const wordSize = 4
-
-// futex(2) operations, shared between processes (no FUTEX_PRIVATE_FLAG).
-// With bitsets a waiter is woken by the leader's answer (answerBit) or by
-// its own Close (closeBit, one of 31 picked at random): a Close wakes a
-// thirty-first of the other ADDs' waiters, which find the counter unchanged
-// and wait again.
-const (
-	futexWaitBitset = 9  // FUTEX_WAIT_BITSET: the timeout is absolute, CLOCK_MONOTONIC
-	futexWakeBitset = 10 // FUTEX_WAKE_BITSET
-	answerBit       = 1
-)
 
 // Target opens the files of key (a probe's URL, say) and starts waiting on
 // its answer counter. An error means this target is probed alone.
@@ -176,23 +162,37 @@ func (n *Node) Target(key string) (*Target, error) {
 	if err != nil {
 		return fail(fmt.Errorf("mmap: %w", err))
 	}
-	t := &Target{n: n, lead: lead, slot: slot, word: word, now: time.Now}
+	seen := atomic.LoadUint32((*uint32)(unsafe.Pointer(&word[0])))
+	bell, err := n.openBell(name + ".bell")
+	if err != nil {
+		unix.Munmap(word)
+		lead.Close()
+		slot.Close()
+		return nil, err
+	}
+	t := &Target{n: n, lead: lead, slot: slot, word: word, bell: bell, now: time.Now}
 	n.mu.Lock()
 	n.targets = append(n.targets, t)
 	n.mu.Unlock()
-	n.waiters.Go(t.waitAnswers)
+	n.waiters.Go(func() { t.waitAnswers(seen) })
 	return t, nil
 }
 
-// futexWait is how long one wait lasts before it looks whether the ADD is
-// done: the goroutine of a finished ADD lingers at most this long, and the
-// process usually exits first.
-const futexWait = 5 * time.Second
-
-// waitAnswers forwards every change of the answer counter to Node.Answered.
-// The wait is a shared (not private) futex on the mapped file: the leader's
-// FUTEX_WAKE reaches every process that maps it.
-func (t *Target) waitAnswers() {
+// waitAnswers forwards every change of the answer counter from seen on to
+// Node.Answered, looking at it each time the bell rings, until Close
+// closes the bell.
+//
+// The bell is a FIFO that nobody reads for its bytes: a byte written to it
+// wakes every poller that waits on it, and Go's poller waits for this
+// goroutine without holding a thread. (A futex did this before: it held a
+// thread in its wait, and with the process's one P held by that thread's
+// syscall, every wake-up reached the gate's goroutine only once the
+// runtime's sysmon took the P back, 20 µs or more later; after an opening,
+// when 110 ADDs wake at once on two CPUs, those hand-offs waited in the run
+// queue behind everyone else. Not inotify either: its instances are
+// limited per user, 128 by default, and a node with 110 waiting ADDs,
+// besides the kubelet's and containerd's own, runs out of them.)
+func (t *Target) waitAnswers(seen uint32) {
 	// The word is a mapping of a file: if someone shrank it, reading it
 	// faults. Turn that into a panic, and the panic into no more wake-ups:
 	// the slow schedule still runs.
@@ -204,29 +204,44 @@ func (t *Target) waitAnswers() {
 		unix.Munmap(t.word)
 		t.n.mu.Unlock()
 	}()
+	rc, err := t.bell.SyscallConn()
+	if err != nil {
+		return
+	}
 	addr := (*uint32)(unsafe.Pointer(&t.word[0]))
-	for {
-		v := atomic.LoadUint32(addr)
-		var ts unix.Timespec
-		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-			return
-		}
-		ts = unix.NsecToTimespec(ts.Nano() + int64(futexWait))
-		unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWaitBitset, uintptr(v),
-			uintptr(unsafe.Pointer(&ts)), 0, uintptr(answerBit|t.n.closeBit))
-		t.n.mu.Lock()
-		closed := t.n.closed
-		t.n.mu.Unlock()
-		if closed {
-			return
-		}
-		if atomic.LoadUint32(addr) != v {
+	// Read calls f at once, then each time the poller reports the bell
+	// readable, until Close: f never reads, so it never is done.
+	_ = rc.Read(func(uintptr) bool {
+		if v := atomic.LoadUint32(addr); v != seen {
+			seen = v
 			select {
 			case t.n.wake <- struct{}{}:
 			default:
 			}
 		}
+		return false
+	})
+}
+
+// openBell opens (making it when missing) a FIFO in the directory: read
+// and write, so that opening it never blocks and its pollers never see a
+// hang-up; non-blocking, so that Go's poller waits on it. It follows no
+// symlink and refuses anything else found under that name.
+func (n *Node) openBell(name string) (*os.File, error) {
+	dirfd := int(n.dir.Fd())
+	if err := unix.Mknodat(dirfd, name, unix.S_IFIFO|0o600, 0); err != nil && !errors.Is(err, unix.EEXIST) {
+		return nil, fmt.Errorf("cannot make %s/%s: %w", n.dir.Name(), name, err)
 	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDWR|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("cannot open %s/%s: %w", n.dir.Name(), name, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s/%s is not a FIFO", n.dir.Name(), name)
+	}
+	return os.NewFile(uintptr(fd), name), nil
 }
 
 // openFile opens (creating) a regular file in the directory, following no
@@ -318,23 +333,40 @@ func (t *Target) wakeFollowers() {
 	if t.n.closed || t.gone {
 		return
 	}
-	addr := (*uint32)(unsafe.Pointer(&t.word[0]))
-	atomic.AddUint32(addr, 1)
-	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWakeBitset, math.MaxInt32, 0, 0, answerBit)
+	atomic.AddUint32((*uint32)(unsafe.Pointer(&t.word[0])), 1)
+	t.ring()
 }
 
-// closeWakes are the waits between Close's wake-ups of its own futex
-// waiters, each wake-up sent only if a waiter is still there: a waiter that
-// was between reading the counter and entering its wait misses a wake-up.
-// Few and growing, because each wake-up through closeBit also wakes a
-// thirty-first of the other ADDs' waiters, and after an opening 110 ADDs
-// close at once on a CPU they saturate (waking every millisecond until the
-// waiter left multiplied those spurious wake-ups). Past the last, a waiter
-// left behind ends at its timeout (futexWait); the process usually exits
-// first.
-var closeWakes = []time.Duration{2 * time.Millisecond, 8 * time.Millisecond, 40 * time.Millisecond}
+// ring writes a byte to the bell, which wakes every poller waiting on it,
+// after the counter changed. Nobody else reads the bell: a reader that
+// emptied it could do so between a byte's wake-up and a poller's look at
+// the bell, which then finds nothing to read and reports nothing. The
+// ringer empties it instead, just before its own byte, so that the byte
+// finds it empty (some kernels wake a pipe's pollers only then; 6.x does on
+// every write, for epoll's sake) and it never fills: a poller that looked
+// in between is woken again by that byte, and sees the counter of both
+// answers. Raw syscalls: no wrapper that wakes the runtime's sysmon as an
+// ADD answers.
+func (t *Target) ring() {
+	rc, err := t.bell.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		var buf [64]byte
+		for {
+			n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+			if errno != 0 || n < uintptr(len(buf)) {
+				break
+			}
+		}
+		one := [1]byte{1}
+		unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&one[0])), 1) // an error costs the followers a slow interval
+	})
+}
 
-// Close releases every lead this ADD holds and ends its futex waits.
+// Close releases every lead this ADD holds and ends its waits on the
+// targets' answers.
 func (n *Node) Close() error {
 	n.mu.Lock()
 	if n.closed {
@@ -342,25 +374,12 @@ func (n *Node) Close() error {
 		return nil
 	}
 	n.closed = true
+	targets := n.targets
 	n.mu.Unlock()
-	done := make(chan struct{})
-	go func() { n.waiters.Wait(); close(done) }()
-wake:
-	for _, d := range closeWakes {
-		n.mu.Lock()
-		for _, t := range n.targets {
-			if !t.gone {
-				addr := (*uint32)(unsafe.Pointer(&t.word[0]))
-				unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWakeBitset, math.MaxInt32, 0, 0, uintptr(n.closeBit))
-			}
-		}
-		n.mu.Unlock()
-		select {
-		case <-done:
-			break wake
-		case <-time.After(d):
-		}
+	for _, t := range targets {
+		t.bell.Close() // ends its waitAnswers at once
 	}
+	n.waiters.Wait()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for _, t := range n.targets {

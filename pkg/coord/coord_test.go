@@ -5,10 +5,13 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // privDir is a directory as Open wants it: t.TempDir's are 0755.
@@ -97,6 +100,73 @@ func drain(n *Node) {
 		default:
 			return
 		}
+	}
+}
+
+// Nobody but a ringer reads the bell (a reader could take a byte from a
+// poller that has yet to look), so a byte is left after each answer: an
+// ADD that joins later must not take it for a new answer, and the FIFO
+// must not fill (its capacity is 64 KiB), for some kernels wake a pipe's
+// pollers only for a write that finds it empty.
+func TestBellAfterManyAnswers(t *testing.T) {
+	dir := privDir(t)
+	a, b := open(t, dir), open(t, dir)
+	ta, _ := target(t, a, "k"), target(t, b, "k")
+	for range 70_000 {
+		ta.wakeFollowers()
+	}
+	rc, err := ta.bell.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var queued int // TIOCINQ is FIONREAD
+	if err := rc.Control(func(fd uintptr) { queued, err = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }); err != nil {
+		t.Fatal(err)
+	}
+	if err != nil || queued > 1 {
+		t.Errorf("after 70,000 answers the bell holds %d bytes (%v), want at most 1", queued, err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	drain(b)
+	c := open(t, dir)
+	target(t, c, "k")
+	select {
+	case <-c.Answered():
+		t.Fatal("an ADD that joined after the answers was woken by them")
+	case <-time.After(100 * time.Millisecond):
+	}
+	ta.wakeFollowers()
+	for _, n := range []*Node{b, c} {
+		select {
+		case <-n.Answered():
+		case <-time.After(2 * time.Second):
+			t.Fatal("not woken by an answer after 70,000 others")
+		}
+	}
+}
+
+// Close ends the ADD's waits at once: nothing of it lingers in the process
+// (the plugin exits, but a CHECK or the CLI goes on), and it wakes no other
+// ADD.
+func TestCloseEndsTheWaits(t *testing.T) {
+	dir := privDir(t)
+	before := runtime.NumGoroutine()
+	a, b := open(t, dir), open(t, dir)
+	target(t, a, "k")
+	target(t, a, "j")
+	target(t, b, "k")
+	start := time.Now()
+	a.Close()
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("Close took %v", took)
+	}
+	b.Close()
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		t.Errorf("%d goroutines after Close, %d before the Nodes", n, before)
 	}
 }
 
@@ -215,6 +285,27 @@ func TestTargetFileNotRegularIsRefused(t *testing.T) {
 			}
 			if tg, err := n.Target("k"); err == nil {
 				t.Errorf("Target opened %v through a planted %s", tg.lead.Name(), tc.name)
+			}
+		})
+	}
+	// The bell must be a FIFO: a symlink is not followed, a regular file or
+	// a directory refused.
+	for _, tc := range []struct {
+		name  string
+		plant func(path string) error
+	}{
+		{"symlink", func(p string) error { return os.Symlink("/etc/passwd", p) }},
+		{"directory", func(p string) error { return os.Mkdir(p, 0o700) }},
+		{"regular file", func(p string) error { return os.WriteFile(p, nil, 0o600) }},
+	} {
+		t.Run("bell "+tc.name, func(t *testing.T) {
+			dir := privDir(t)
+			n := open(t, dir)
+			if err := tc.plant(filepath.Join(dir, Name(n.netns, "k")+".bell")); err != nil {
+				t.Fatal(err)
+			}
+			if tg, err := n.Target("k"); err == nil {
+				t.Errorf("Target opened %v through a planted %s", tg.bell.Name(), tc.name)
 			}
 		})
 	}
