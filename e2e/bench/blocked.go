@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"strconv"
 	"sync"
 	"time"
@@ -199,12 +200,19 @@ func (m *measurer) blockedRound(list *libcni.NetworkConfigList, fault *testbed.F
 		// Where it went: the gate's ready moment (its start, from the line's time less total_ms,
 		// plus the last condition's after_ms), its log line, the return; all from the opening.
 		if recs, err := readLog(m.logFile); err == nil {
-			var ready, line, exit []float64
+			var ready, line, exit, attempts []float64
 			for i, p := range pods {
 				r, ok := recs[p.ContainerID]
 				if !ok || errs[i] != nil {
 					continue
 				}
+				n := 0
+				for _, c := range r.Conditions {
+					if strings.HasPrefix(c.Name, "tcp://") {
+						n += c.Attempts
+					}
+				}
+				attempts = append(attempts, float64(n))
 				start := r.Time.Add(-time.Duration(r.TotalMS * float64(time.Millisecond)))
 				last := 0.0
 				for _, c := range r.Conditions {
@@ -221,7 +229,7 @@ func (m *measurer) blockedRound(list *libcni.NetworkConfigList, fault *testbed.F
 			for _, x := range []struct {
 				what string
 				v    []float64
-			}{{"opening → gate ready", ready}, {"opening → log line", line}, {"log line → return", exit}} {
+			}{{"opening → gate ready", ready}, {"opening → log line", line}, {"log line → return", exit}, {"tcp attempts of each ADD", attempts}} {
 				fmt.Fprintf(os.Stderr, "%s, ms, sorted: %.0f\n", x.what, slices.Sorted(slices.Values(x.v)))
 			}
 		}

@@ -114,11 +114,12 @@ func Name(netns, key string) string {
 // Target is this ADD's seat at one target. It implements gate.Peer.
 type Target struct {
 	n     *Node
-	lead  *os.File // flock held by the leader
-	slot  *os.File // the followers' last attempt, 8 bytes of Unix nanoseconds
-	word  []byte   // the first 4 bytes of lead, mapped shared: the answer counter
-	bell  *os.File // a FIFO rung after each answer (ring), in Go's poller
-	gone  bool     // word is unmapped; guarded by n.mu
+	lead  *os.File    // flock held by the leader
+	slot  *os.File    // the followers' last attempt, 8 bytes of Unix nanoseconds
+	word  []byte      // the first 4 bytes of lead, mapped shared: the answer counter
+	bell  *os.File    // a FIFO rung after each answer (ring), in Go's poller
+	woken atomic.Bool // another ADD announced an answer since Woken's last call
+	gone  bool        // word is unmapped; guarded by n.mu
 	mu    sync.Mutex
 	leads bool // guarded by mu
 	now   func() time.Time
@@ -214,6 +215,7 @@ func (t *Target) waitAnswers(seen uint32) {
 	_ = rc.Read(func(uintptr) bool {
 		if v := atomic.LoadUint32(addr); v != seen {
 			seen = v
+			t.woken.Store(true)
 			select {
 			case t.n.wake <- struct{}{}:
 			default:
@@ -307,6 +309,10 @@ func (t *Target) Slot() bool {
 	unix.Pwrite(fd, buf[:], 0) // an error here costs only an extra attempt elsewhere
 	return true
 }
+
+// Woken reports whether the target's answer counter changed since the last
+// call: Node.Answered wakes for any of the ADD's targets, this says which.
+func (t *Target) Woken() bool { return t.woken.Swap(false) }
 
 // Answered wakes the others waiting on the target, then gives up the lead
 // if this ADD holds it. The gate calls it for a leader's answer and for a

@@ -70,6 +70,12 @@ func TestOneLeaderAndTheAnswerWakesTheOthers(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("the follower was not woken by the leader's answer")
 	}
+	if !tb.Woken() || other.Woken() {
+		t.Error("Woken must say which of b's targets answered: the tcp one, not the icmp one")
+	}
+	if tb.Woken() {
+		t.Error("Woken twice for one answer")
+	}
 	if !tb.Lead() {
 		t.Error("the leader answered and left, but the follower cannot take the lead")
 	}

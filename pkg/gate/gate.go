@@ -142,9 +142,9 @@ type Wakeups struct {
 	// is free (see NodeWanted).
 	Peers []Peer
 	// PeerAnswered wakes the gate when another ADD saw a shared target
-	// answer (Peer.Answered): every shared probe that does not lead tries
-	// at once, from its own netns (a pod never takes another pod's answer
-	// for its own).
+	// answer (Peer.Answered): every shared probe that does not lead and
+	// whose Peer was Woken tries at once, from its own netns (a pod never
+	// takes another pod's answer for its own).
 	PeerAnswered <-chan struct{}
 
 	// Poll, if set, looks for what has no event to wake the gate (the
@@ -205,6 +205,11 @@ type Peer interface {
 	// follower's answer to the attempt that an announcement woke it for is
 	// not announced again: 110 followers would wake each other 110 times.
 	Answered()
+	// Woken reports whether another ADD announced an answer of the target
+	// since the last call. PeerAnswered wakes the gate for any of the ADD's
+	// targets; only the probes of those that answered try: a gateway that
+	// answered must not send a packet to a database that did not.
+	Woken() bool
 }
 
 // setDefaults fills in what was left zero: the schedule with the conflist's
@@ -695,11 +700,11 @@ func (r *run) launchOne(i int, now time.Time, woken bool) {
 }
 
 // launchFollowers starts an attempt of every shared probe that does not
-// lead: its leader saw the target answer, so this pod's path may be open too.
-// It is token-bucketed like a netlink event.
+// lead and whose target another ADD saw answer: this pod's path may be
+// open too. It is token-bucketed like a netlink event.
 func (r *run) launchFollowers(now time.Time) {
 	for i := range r.conds {
-		if p := &r.probes[i]; r.pending(i) && p.peer != nil && !p.leads {
+		if p := &r.probes[i]; r.pending(i) && p.peer != nil && !p.leads && p.peer.Woken() {
 			r.launchOne(i, now, true)
 		}
 	}

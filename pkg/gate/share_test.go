@@ -11,10 +11,12 @@ import (
 )
 
 // fakePeer is a Peer whose answers the test sets: who leads, whether the
-// followers' budget has a slot.
+// followers' budget has a slot, and whether its target was not the one
+// whose answer woke the gate (quiet).
 type fakePeer struct {
 	lead     atomic.Bool
 	slot     atomic.Bool
+	quiet    atomic.Bool
 	mu       sync.Mutex
 	leadAsks int // guarded by mu
 	answered int // guarded by mu
@@ -26,7 +28,8 @@ func (f *fakePeer) Lead() bool {
 	f.mu.Unlock()
 	return f.lead.Load()
 }
-func (f *fakePeer) Slot() bool { return f.slot.Load() }
+func (f *fakePeer) Slot() bool  { return f.slot.Load() }
+func (f *fakePeer) Woken() bool { return !f.quiet.Load() }
 func (f *fakePeer) Answered() {
 	f.mu.Lock()
 	f.answered++
@@ -149,6 +152,34 @@ func TestFollowerWokenProvesItsOwnPath(t *testing.T) {
 			})
 		})
 	}
+}
+
+// An ADD waits on two shared targets, and the answer of one wakes it: only
+// that target's probe tries (a gateway that answered says nothing of the
+// database behind it).
+func TestPeerAnsweredTriesOnlyTheTargetThatAnswered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gw, db := &fakePeer{}, &fakePeer{}
+		db.quiet.Store(true)
+		answered := make(chan struct{}, 1)
+		gwRec, dbRec := newRecorder(refused), newRecorder(refused)
+		go func() {
+			time.Sleep(500 * time.Millisecond)
+			answered <- struct{}{}
+		}()
+		ctx, cancel := context.WithTimeout(t.Context(), 800*time.Millisecond)
+		defer cancel()
+		runGate(ctx, []Condition{
+			{Name: "gateway 10.42.0.1", Kind: Active, Check: gwRec.check},
+			{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: dbRec.check},
+		}, Options{Watch: from(Wakeups{Peers: []Peer{gw, db}, PeerAnswered: answered})})
+		if got, want := gwRec.startTimes(), ms(500); !slices.Equal(got, want) {
+			t.Errorf("gateway attempts at %v, want one at once on its answer", got)
+		}
+		if got := dbRec.startTimes(); len(got) != 0 {
+			t.Errorf("database attempts at %v, want none: only the gateway answered", got)
+		}
+	})
 }
 
 // A follower whose own attempt (a slot) is answered tells the others: the
