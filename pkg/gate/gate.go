@@ -237,10 +237,21 @@ func (o *Options) setDefaults() {
 // round trip.
 const followerAttemptTimeout = 900 * time.Millisecond
 
-// eventBurst and the refill of one token per MaxInterval bound the extra
+// eventBurst and the refill of one token per eventRefill bound the extra
 // attempts that netlink events may trigger: a busy node (pods coming and
-// going) must not turn the gate into a packet storm.
-const eventBurst = 3
+// going, their neighbour entries ageing) must not turn the gate into a
+// packet storm. Each event's attempt also restarts the schedule, but events
+// that fall just after scheduled attempts add one each, so the refill is
+// what bounds them: 5 a second, which keeps one pod at the default
+// schedule (25) under 30 packets a second, and a node (a leader and the
+// followers' 8) under 40, whatever the number of pods. Refilled once per
+// MaxInterval, as before, a leader on a node with 110 new pods sent 4-7
+// packets a second more than that. A burst of 3 still meets the events of
+// a quiet node (flannel's route, a rule) at once.
+const (
+	eventBurst  = 3
+	eventRefill = 200 * time.Millisecond
+)
 
 // permanentError marks an error that waiting cannot fix.
 type permanentError struct{ err error }
@@ -687,7 +698,7 @@ func (r *run) launchOnEvent(now time.Time) {
 // attempt replaces the next scheduled one; a follower keeps its slow tick.
 func (r *run) launchOne(i int, now time.Time, woken bool) {
 	p := &r.probes[i]
-	p.tokens = min(eventBurst, p.tokens+float64(now.Sub(p.refilled))/float64(r.opt.MaxInterval))
+	p.tokens = min(eventBurst, p.tokens+float64(now.Sub(p.refilled))/float64(eventRefill))
 	p.refilled = now
 	if p.tokens < 1 {
 		return

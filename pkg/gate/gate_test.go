@@ -293,6 +293,36 @@ func TestEventStormIsRateLimited(t *testing.T) {
 	}
 }
 
+// TestEventsAddAFewAttemptsASecond: each attempt makes an event a
+// millisecond later (a pod's own SYN refreshes a neighbour entry; on a node
+// with 110 new pods, neighbour entries of other pods age all the time).
+// Events may add at most one attempt per eventRefill to the schedule's 25
+// a second, so that one pod stays under 30 packets a second, and a node,
+// with its followers' 8, under 40.
+func TestEventsAddAFewAttemptsASecond(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		events := make(chan struct{}, 1)
+		rec := newRecorder(func(ctx context.Context, _ int) error {
+			time.Sleep(time.Millisecond)
+			select {
+			case events <- struct{}{}:
+			default:
+			}
+			return errRefused
+		})
+		const waited = 4 * time.Second
+		ctx, cancel := context.WithTimeout(t.Context(), waited)
+		defer cancel()
+		runGate(ctx, []Condition{{Name: "tcp://10.0.0.5:5432", Kind: Active, Check: rec.check}},
+			Options{Watch: from(Wakeups{PodChanged: events})})
+		// The schedule's ramp (0, 10, 30, 70 ms) and the burst add a few.
+		limit := int(waited/(40*time.Millisecond)) + int(waited/eventRefill) + eventBurst + 3
+		if n := len(rec.startTimes()); n > limit {
+			t.Errorf("%d attempts in %v, want at most %d: the schedule's 25 a second and one event attempt per %v", n, waited, limit, eventRefill)
+		}
+	})
+}
+
 func TestLocalConditionsFollowPodEvents(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var routeAdded atomic.Bool
