@@ -113,6 +113,13 @@ type Options struct {
 	// VM (the node and pod watchers, the coordination, the timerfd), spent
 	// between the pod's network coming up and the runtime hearing of it.
 	Detach bool
+	// DetachDelay, with Detach, is how long the closing waits before it
+	// starts: a process that exits within it never pays for it. After an
+	// opening, when every waiting ADD on the node answers at once, a
+	// closing that started at once competed for the CPU with the others'
+	// answers, and its ordinary syscalls woke the runtime's sysmon. A
+	// process that lives on has it all closed once the delay is over.
+	DetachDelay time.Duration
 }
 
 // Wakeups are what Watch started: what wakes a waiting gate, how it shares
@@ -455,7 +462,7 @@ func Run(ctx context.Context, conds []Condition, opt Options) *Report {
 		close(closed)
 	}
 	if opt.Detach {
-		go closeAll()
+		time.AfterFunc(opt.DetachDelay, closeAll)
 	} else {
 		closeAll()
 	}

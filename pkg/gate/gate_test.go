@@ -443,6 +443,39 @@ func TestCancelStopsAndWaitsForAttempts(t *testing.T) {
 	})
 }
 
+// TestDetachDelay: with a DetachDelay the closing starts only once it has
+// passed (a process that exits first never pays for it), and then closes
+// everything, for one that lives on.
+func TestDetachDelay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var wakeClosed atomic.Bool
+		rec := newRecorder(func(ctx context.Context, n int) error {
+			if n > 0 {
+				return nil
+			}
+			<-ctx.Done() // the first attempt is in flight when the second answers
+			return ctx.Err()
+		})
+		rep := runGate(t.Context(), []Condition{{Name: "db", Kind: Active, Check: rec.check}}, Options{
+			Interval: 10 * time.Millisecond, Detach: true, DetachDelay: time.Second,
+			Watch: from(Wakeups{Close: func() { wakeClosed.Store(true) }}),
+		})
+		returned := time.Now()
+		time.Sleep(999 * time.Millisecond)
+		synctest.Wait()
+		if wakeClosed.Load() {
+			t.Error("Wakeups.Close ran before the delay was over")
+		}
+		<-rep.Closed
+		if took := time.Since(returned); took != time.Second {
+			t.Errorf("closed %v after Run returned, want 1s", took)
+		}
+		if !wakeClosed.Load() || rec.live.Load() != 0 {
+			t.Errorf("Report.Closed is closed, Wakeups closed %v, %d attempts live; want all closed", wakeClosed.Load(), rec.live.Load())
+		}
+	})
+}
+
 // TestDetachReturnsBeforeClosing: with Detach, Run returns its report while
 // an attempt in flight is slow to close, and closes it and then the
 // Wakeups afterwards, and then Report.Closed; in order, Run waits for them.

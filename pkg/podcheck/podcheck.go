@@ -22,6 +22,12 @@ import (
 // enough that a path opening meanwhile is seen almost as soon.
 const quickRound = 20 * time.Millisecond
 
+// exitGrace is how long RunThenExit leaves what the wait started open for
+// the process's exit to close (gate.Options.DetachDelay). The plugin exits
+// within milliseconds of its answer, or within a few hundred when a whole
+// node's waiting ADDs answer at once on two CPUs.
+var exitGrace = time.Second
+
 // removalCheckEvery is how often a waiting gate looks whether the pod's
 // netns is still there (podns.Removed), riding on the wake-ups it makes
 // anyway (gate.Wakeups.Poll): it notices within one to two of these. At
@@ -55,8 +61,9 @@ func Run(ctx context.Context, spec config.Spec, pod Pod, ends ...End) (*gate.Rep
 
 // RunThenExit is Run for a process that exits as soon as it has the report
 // (the plugin's ADD): what the wait started, the pod's netns thread
-// included, is closed on a goroutine of its own (gate.Options.Detach),
-// which the process's exit usually cuts short, closing it all at once.
+// included, is closed on a goroutine of its own (gate.Options.Detach)
+// once exitGrace has passed, which the process's exit usually forestalls,
+// closing it all at once.
 func RunThenExit(ctx context.Context, spec config.Spec, pod Pod, ends ...End) (*gate.Report, error) {
 	return openAndRun(ctx, spec, pod, true, ends)
 }
@@ -104,7 +111,7 @@ func runIn(ctx context.Context, n *podns.NetNS, spec config.Spec, pod Pod, detac
 	// wake-up for every change on a busy node), for sharing and for what
 	// ends a wait early only if something is unmet after it.
 	var watchErr error
-	report := gate.Run(ctx, conds, gate.Options{
+	opt := gate.Options{
 		Interval: spec.Interval, MaxInterval: spec.MaxInterval, AttemptTimeout: spec.AttemptTimeout,
 		FirstRound: quickRound,
 		Watch: func(ctx context.Context, end context.CancelCauseFunc, unmet []bool) (gate.Wakeups, error) {
@@ -113,7 +120,11 @@ func runIn(ctx context.Context, n *podns.NetNS, spec config.Spec, pod Pod, detac
 			return w, err
 		},
 		Detach: detach,
-	})
+	}
+	if detach {
+		opt.DetachDelay = exitGrace
+	}
+	report := gate.Run(ctx, conds, opt)
 	return report, watchErr
 }
 
