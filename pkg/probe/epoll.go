@@ -124,10 +124,13 @@ func newEpollSet() (*epollSet, error) {
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
 	}
-	// Non-blocking, so that os.NewFile hands it to the poller.
-	if err := unix.SetNonblock(epfd, true); err != nil {
+	// Non-blocking, so that os.NewFile hands it to the poller. Raw: a
+	// follower makes a set for each of its rare attempts, the one an answer
+	// wakes it for included, and unix.SetNonblock's wrapper would wake
+	// sysmon then (above).
+	if _, _, errno := unix.RawSyscall(unix.SYS_FCNTL, uintptr(epfd), unix.F_SETFL, unix.O_NONBLOCK); errno != 0 {
 		unix.Close(epfd)
-		return nil, os.NewSyscallError("fcntl", err)
+		return nil, os.NewSyscallError("fcntl", errno)
 	}
 	f := os.NewFile(uintptr(epfd), "epoll")
 	rc, err := f.SyscallConn()
