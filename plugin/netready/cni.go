@@ -9,11 +9,13 @@ import (
 	"io"
 	"os"
 	"time"
+	"unsafe"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	cniversion "github.com/containernetworking/cni/pkg/version"
+	"golang.org/x/sys/unix"
 
 	"github.com/netready/netready/internal/logrec"
 	"github.com/netready/netready/internal/threadns"
@@ -56,8 +58,29 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 			return rec.fail(err)
 		}
 	}
-	_, err = os.Stdout.Write(answer)
-	return err
+	return writeAnswer(answer)
+}
+
+// writeAnswer writes the answer to stdout with raw write(2)s: an ordinary
+// wrapper would wake the Go runtime's sysmon as the ADD answers, which then
+// polls every 20 µs until the process exits (internal/logfile's appendLine
+// says more). A stdout that would block (non-blocking, full) gets the rest
+// through os.Stdout, which waits.
+func writeAnswer(b []byte) error {
+	for len(b) > 0 {
+		n, _, errno := unix.RawSyscall(unix.SYS_WRITE, 1, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch errno {
+		case 0:
+			b = b[n:]
+		case unix.EINTR:
+		case unix.EAGAIN:
+			_, err := os.Stdout.Write(b)
+			return err
+		default:
+			return &os.PathError{Op: "write", Path: os.Stdout.Name(), Err: errno}
+		}
+	}
+	return nil
 }
 
 // encodeResult is what types.PrintResult prints: result in version, by
