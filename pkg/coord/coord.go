@@ -163,7 +163,11 @@ func (n *Node) Target(key string) (*Target, error) {
 	if err != nil {
 		return fail(fmt.Errorf("mmap: %w", err))
 	}
-	seen := atomic.LoadUint32((*uint32)(unsafe.Pointer(&word[0])))
+	seen, ok := loadWord(word)
+	if !ok {
+		unix.Munmap(word)
+		return fail(errors.New("shrunk under its mapping"))
+	}
 	bell, err := n.openBell(name + ".bell")
 	if err != nil {
 		unix.Munmap(word)
@@ -177,6 +181,19 @@ func (n *Node) Target(key string) (*Target, error) {
 	n.mu.Unlock()
 	n.waiters.Go(func() { t.waitAnswers(seen) })
 	return t, nil
+}
+
+// loadWord reads the answer counter. The word is a mapping of a file: if
+// someone shrank it, reading it faults, which is turned into ok false
+// instead of a crash.
+func loadWord(word []byte) (v uint32, ok bool) {
+	defer func(old bool) {
+		if recover() != nil {
+			ok = false
+		}
+		debug.SetPanicOnFault(old)
+	}(debug.SetPanicOnFault(true))
+	return atomic.LoadUint32((*uint32)(unsafe.Pointer(&word[0]))), true
 }
 
 // waitAnswers forwards every change of the answer counter from seen on to
