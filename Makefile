@@ -62,7 +62,8 @@ demo: deps
 
 # As root, at most 10 minutes: the figures of e2e/bench as a table; BENCH_JSON=FILE also writes
 # them as JSON, NETREADY_SEED_JSON=FILE adds the containerd tier's seed figures. BENCH_FLAGS=-quick
-# is a smoke test of a few seconds.
+# is a smoke test of a few seconds. A slower machine may need BENCH_FLAGS=-budget=20m: when the
+# budget runs out, the stages that finished are printed, marked partial, and the run fails.
 bench:
 	$(GO) run ./e2e/bench $(BENCH_FLAGS)
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -222,5 +223,57 @@ func TestReadSeed(t *testing.T) {
 				t.Errorf("got %s, want %s", b, want)
 			}
 		})
+	}
+}
+
+// TestBudgetShowsWhatWasMeasured: when the budget runs out in a stage, the run fails naming the
+// stage and the budget, and the table still shows the stages that finished, marked partial; the
+// stage that ran out and the ones after it are not shown as if measured.
+func TestBudgetShowsWhatWasMeasured(t *testing.T) {
+	budgetErr := errors.New("the benchmark's budget of 50ms ran out")
+	ctx, cancel := context.WithTimeoutCause(context.Background(), 50*time.Millisecond, budgetErr)
+	defer cancel()
+	f, x := emptyFigures(), &Extra{Opts: full()}
+	var after bool
+	stages := []stage{
+		{"overhead", func() error { f.Overhead.Ratio, f.Overhead.Pairs = 1.234, 40; return nil }},
+		{"detect", func() error { <-ctx.Done(); return ctx.Err() }},
+		{"fanout", func() error { after = true; return nil }},
+	}
+	var out strings.Builder
+	err := runStages(ctx, &out, stages, nil, x)
+	if err == nil || !strings.HasPrefix(err.Error(), "detect: ") || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), budgetErr.Error()) {
+		t.Fatalf("runStages = %v, want the detect stage's error naming the budget", err)
+	}
+	if after {
+		t.Error("the stage after the one that ran out ran")
+	}
+	if !x.Done["overhead"] || x.Done["detect"] || x.Done["fanout"] {
+		t.Errorf("Done = %v, want overhead only", x.Done)
+	}
+	x.Partial = err.Error()
+	out.Reset()
+	printTable(&out, f, x)
+	table := out.String()
+	for _, want := range []string{"PARTIAL: only the stages that finished are shown: detect: ", "overhead: ADD with/without", "1.234"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("table lacks %q:\n%s", want, table)
+		}
+	}
+	for _, not := range []string{"detect tcp", "fanout:", "blocked fanout"} {
+		if strings.Contains(table, not) {
+			t.Errorf("table shows %q, a stage that did not finish:\n%s", not, table)
+		}
+	}
+
+	// A complete run: every stage selected is shown, nothing is marked partial.
+	x = &Extra{Opts: full()}
+	if err := runStages(context.Background(), &out, stages[:1], nil, x); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	printTable(&out, f, x)
+	if strings.Contains(out.String(), "PARTIAL") || !strings.Contains(out.String(), "overhead: ADD with/without") {
+		t.Errorf("a complete run's table:\n%s", out.String())
 	}
 }

@@ -113,6 +113,7 @@ func main() {
 	blockedWait := flag.Duration("blocked-wait", 0, "blocked: how long they wait (default 20s, quick 4s)")
 	randSeed := flag.Uint64("rand", 0, "seed of the random openings (default 1)")
 	netreadyBin := flag.String("netready", "", "measure this netready binary (e.g. a candidate fix built elsewhere) instead of building ./plugin/netready")
+	budget := flag.Duration("budget", 0, "the whole run's time limit, builds included (default 10m, quick 3m); when it runs out, the figures measured so far are printed and the run fails")
 	only := flag.String("only", "", "run only these stages, comma-separated: overhead, detect, fanout, idle, blocked, idleone (blocked's last round alone; the others' figures are null)")
 	flag.Parse()
 
@@ -136,6 +137,9 @@ func main() {
 	}
 	if *randSeed > 0 {
 		o.randSeed = *randSeed
+	}
+	if *budget > 0 {
+		o.budget = *budget
 	}
 	if *only != "" {
 		o.only = map[string]bool{}
@@ -163,7 +167,7 @@ func run(ctx context.Context, o options, out io.Writer) (*Figures, error) {
 	if max(o.fanoutPods, o.blockedPods) > 250 {
 		return nil, fmt.Errorf("fanout: %d pods do not fit host-local's /24", o.fanoutPods)
 	}
-	ctx, cancel := context.WithTimeoutCause(ctx, o.budget, fmt.Errorf("the benchmark's budget of %v ran out", o.budget))
+	ctx, cancel := context.WithTimeoutCause(ctx, o.budget, fmt.Errorf("the benchmark's budget of %v ran out; a slower machine needs more: -budget, or make bench BENCH_FLAGS=-budget=20m", o.budget))
 	defer cancel()
 	if removed, err := testbed.RemoveStale(); err == nil {
 		for _, r := range removed {
@@ -205,11 +209,8 @@ func run(ctx context.Context, o options, out io.Writer) (*Figures, error) {
 	}
 
 	f := emptyFigures()
-	res := &Extra{}
-	for _, stage := range []struct {
-		name string
-		fn   func() error
-	}{
+	res := &Extra{Opts: o}
+	stages := []stage{
 		{"overhead", func() error { return m.overhead(f, res) }},
 		{"detect", func() error { return m.detect(f, res) }},
 		{"fanout", func() error { return m.fanout(f, res) }},
@@ -217,28 +218,30 @@ func run(ctx context.Context, o options, out io.Writer) (*Figures, error) {
 		{"blocked", func() error { return m.blocked(f, res) }},
 		// blocked ends with idle one; run alone (-only idleone), it is the same round.
 		{"idleone", func() error { _, err := m.idleOne(f, res); return err }},
-	} {
-		if o.only == nil && stage.name == "idleone" || o.only != nil && !o.only[stage.name] {
-			continue
+	}
+	stamp := func() {
+		res.Started, res.Took = started, time.Since(started)
+		res.LoadBefore, res.LoadAfter = loadBefore, loadavg()
+	}
+	if err := runStages(ctx, out, stages, o.only, res); err != nil {
+		if tail := strings.TrimSpace(pluginStderr.String()); tail != "" {
+			fmt.Fprintln(os.Stderr, "bench: the plugins' last stderr:\n"+tail)
 		}
-		t := time.Now()
-		fmt.Fprintf(out, "%-14s …", stage.name)
-		if err := stage.fn(); err != nil {
-			fmt.Fprintln(out)
-			if tail := strings.TrimSpace(pluginStderr.String()); tail != "" {
-				fmt.Fprintln(os.Stderr, "bench: the plugins' last stderr:\n"+tail)
-			}
-			return nil, fmt.Errorf("%s: %w", stage.name, why(ctx, err))
+		if ctx.Err() == nil || len(res.Done) == 0 {
+			return nil, err
 		}
-		fmt.Fprintf(out, " %v\n", time.Since(t).Round(100*time.Millisecond))
+		// The budget ran out or the run was interrupted: what was measured is still worth
+		// reading, marked as partial, before the run fails.
+		res.Partial = err.Error()
+		stamp()
+		printTable(out, f, res)
+		return nil, err
 	}
 	if f.Seed, err = readSeed(o.seedPath); err != nil {
 		fmt.Fprintln(os.Stderr, "bench: seed figures:", err)
 	}
 
-	res.Started, res.Took = started, time.Since(started)
-	res.LoadBefore, res.LoadAfter = loadBefore, loadavg()
-	res.Opts = o
+	stamp()
 	printTable(out, f, res)
 	if o.jsonPath != "" {
 		data, err := json.MarshalIndent(f, "", "  ")
@@ -251,6 +254,33 @@ func run(ctx context.Context, o options, out io.Writer) (*Figures, error) {
 		fmt.Fprintln(out, "figures written to", o.jsonPath)
 	}
 	return f, nil
+}
+
+// stage is one part of the benchmark, by the name -only selects it by.
+type stage struct {
+	name string
+	fn   func() error
+}
+
+// runStages runs the stages only selects (nil: all but idleone, which blocked runs as its last
+// round), in order, printing each one's time to out, and records each that finished in x.Done.
+// It stops at the first that fails, naming it, and why when ctx ended it (the budget, a signal).
+func runStages(ctx context.Context, out io.Writer, stages []stage, only map[string]bool, x *Extra) error {
+	x.Done = map[string]bool{}
+	for _, s := range stages {
+		if only == nil && s.name == "idleone" || only != nil && !only[s.name] {
+			continue
+		}
+		t := time.Now()
+		fmt.Fprintf(out, "%-14s …", s.name)
+		if err := s.fn(); err != nil {
+			fmt.Fprintln(out)
+			return fmt.Errorf("%s: %w", s.name, why(ctx, err))
+		}
+		x.Done[s.name] = true
+		fmt.Fprintf(out, " %v\n", time.Since(t).Round(100*time.Millisecond))
+	}
+	return nil
 }
 
 // buildPlugins builds K3s's plugins and netready (or copies the netready binary given) into bin,

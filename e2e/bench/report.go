@@ -141,6 +141,8 @@ func (n num) MarshalJSON() ([]byte, error) {
 // Extra is what the table shows besides the figures.
 type Extra struct {
 	Opts                  options
+	Done                  map[string]bool // the stages that finished
+	Partial               string          // why the run stopped before its last stage; "" when it did not
 	Started               time.Time
 	Took                  time.Duration
 	LoadBefore, LoadAfter string
@@ -218,11 +220,14 @@ func goal(ok bool, text string) (string, string) {
 
 func printTable(out io.Writer, f *Figures, x *Extra) {
 	o := x.Opts
-	ran := func(stage string) bool { return o.only == nil || o.only[stage] }
+	ran := func(stage string) bool { return x.Done[stage] }
 	fmt.Fprintf(out, "\nnetready benchmark, %s, took %v; load average %s before, %s after\n",
 		x.Started.Format(time.RFC3339), x.Took.Round(time.Second), x.LoadBefore, x.LoadAfter)
 	if o.netready != "" {
 		fmt.Fprintf(out, "netready measured: %s (-netready)\n", o.netready)
+	}
+	if x.Partial != "" {
+		fmt.Fprintf(out, "PARTIAL: only the stages that finished are shown: %s\n", x.Partial)
 	}
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	row := func(name, value, goalText, verdict string) {
