@@ -9,6 +9,11 @@
 // Modes: threads, four locked threads and no lookup (the baseline); task, each of the four opens
 // /proc/PID/task/TID/ns/net (what netns.Get does); self, each opens /proc/self/ns/net. It touches
 // no network namespace, and runs as any user.
+//
+// With -touch MB each child also writes to that much heap before it blocks: what the memory a
+// process touched costs its exit, which the kernel pays before the parent can reap it.
+//
+//	for mb in 0 2 8; do /tmp/reapcost -mode threads -touch $mb; done
 package main
 
 import (
@@ -26,20 +31,25 @@ import (
 func main() {
 	mode := flag.String("mode", "task", "what each child looks up: threads (nothing), task, self")
 	n := flag.Int("n", 110, "children released at once")
+	touch := flag.Int("touch", 0, "MB of heap each child writes to before it blocks")
 	child := flag.Bool("child", false, "run as a child (internal)")
 	flag.Parse()
 	if *child {
-		runChild(*mode)
+		runChild(*mode, *touch)
 		return
 	}
-	if err := run(*mode, *n); err != nil {
+	if err := run(*mode, *n, *touch); err != nil {
 		fmt.Fprintln(os.Stderr, "reapcost:", err)
 		os.Exit(1)
 	}
 }
 
-// runChild makes the lookups on four threads it keeps, then waits for EOF on stdin.
-func runChild(mode string) {
+// heap keeps what runChild touched reachable until the exit.
+var heap []byte
+
+// runChild makes the lookups on four threads it keeps, writes to touchMB of heap, then waits for
+// EOF on stdin.
+func runChild(mode string, touchMB int) {
 	var ready sync.WaitGroup
 	for range 4 {
 		ready.Add(1)
@@ -62,16 +72,23 @@ func runChild(mode string) {
 		}()
 	}
 	ready.Wait()
+	heap = make([]byte, touchMB<<20)
+	for i := 0; i < len(heap); i += os.Getpagesize() {
+		heap[i] = 1
+	}
 	buf := make([]byte, 1)
 	os.Stdin.Read(buf)
 	os.Exit(0)
 }
 
-func run(mode string, n int) error {
+func run(mode string, n, touchMB int) error {
 	switch mode {
 	case "threads", "task", "self":
 	default:
 		return fmt.Errorf("unknown -mode %q: threads, task or self", mode)
+	}
+	if touchMB < 0 {
+		return fmt.Errorf("-touch %d: a size in MB, 0 or more", touchMB)
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -83,7 +100,7 @@ func run(mode string, n int) error {
 	}
 	cmds := make([]*exec.Cmd, n)
 	for i := range cmds {
-		cmds[i] = exec.Command(self, "-child", "-mode", mode)
+		cmds[i] = exec.Command(self, "-child", "-mode", mode, "-touch", fmt.Sprint(touchMB))
 		cmds[i].Stdin = r
 		if err := cmds[i].Start(); err != nil {
 			w.Close()
@@ -115,7 +132,7 @@ func run(mode string, n int) error {
 		back[i] = float64(t.Sub(released).Microseconds()) / 1000
 	}
 	slices.Sort(back)
-	fmt.Printf("%-8s %d children: reaped p50 %.1f, p99 %.1f ms after the release; the parent's CPU %v\n",
-		mode, n, back[n/2], back[n*99/100], cpu.Round(time.Millisecond))
+	fmt.Printf("%-8s %d children, %d MB touched each: reaped p50 %.1f, p99 %.1f ms after the release; the parent's CPU %v\n",
+		mode, n, touchMB, back[n/2], back[n*99/100], cpu.Round(time.Millisecond))
 	return nil
 }
