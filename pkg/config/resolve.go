@@ -5,6 +5,7 @@ import (
 	"maps"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,6 +22,27 @@ const (
 )
 
 const annotationPrefix = "netready.dev/"
+
+// Redact removes from msg, bound for the node's log, the values of the pod's
+// netready annotations that netready's messages quote: the runtime shows the
+// whole message to the pod's owner, who wrote them, but others may read the
+// log. The probes' value is left: its URLs lose their userinfo when parsed.
+// Only quoted values go ("3s", the way a message quotes one), so that a
+// timeout of 3s takes nothing from "after 3.003s" or "K3s"; and only
+// netready's annotations, the only values netready reads, so that a pod's
+// `example.com/enabled: "true"` does not blank every "true" in the line.
+func (p Pod) Redact(msg string) string {
+	for k, v := range p.Annotations {
+		if v == "" || k == AnnotationProbes || !strings.HasPrefix(k, annotationPrefix) {
+			continue
+		}
+		// As the messages quote it: whole, or clipped (redacted and cut short).
+		for _, q := range []string{strconv.Quote(v), strconv.Quote(clip(v))} {
+			msg = strings.ReplaceAll(msg, q, `"<redacted>"`)
+		}
+	}
+	return msg
+}
 
 // Pod is what Resolve knows of a pod.
 type Pod struct {

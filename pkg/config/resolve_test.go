@@ -168,6 +168,52 @@ func TestResolveUserinfoNeverShown(t *testing.T) {
 	}
 }
 
+// Redact takes out of a message for the log the values of netready's annotations the way
+// Resolve's messages quote them, and nothing else: not the same characters unquoted, not other
+// annotations' values.
+func TestPodRedact(t *testing.T) {
+	c := mustParse(t, policyConf)
+	long := strings.Repeat("s3cret-", 30) // clipped in the message
+	for _, tc := range []struct {
+		name        string
+		annotations map[string]string
+		gone        []string // not in the redacted message
+	}{
+		{"timeout junk", map[string]string{AnnotationTimeout: "s3cret"}, []string{"s3cret"}},
+		{"timeout above cap", map[string]string{AnnotationTimeout: "999s"}, []string{"999s"}},
+		{"skip junk, long", map[string]string{AnnotationSkip: long}, []string{"s3cret-"}},
+		{"every error at once", map[string]string{AnnotationTimeout: "s3cret", AnnotationSkip: "pa55"}, []string{"s3cret", "pa55"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := Pod{Namespace: "default", Name: "web", Annotations: tc.annotations}
+			_, err := c.Resolve(pod)
+			if err == nil {
+				t.Fatal("Resolve: no error")
+			}
+			msg := pod.Redact(err.Error())
+			for _, g := range tc.gone {
+				if strings.Contains(msg, g) {
+					t.Errorf("Redact left %q in\n %s", g, msg)
+				}
+			}
+			if !strings.Contains(msg, `"<redacted>"`) || !strings.Contains(msg, `pod annotation "netready.dev/`) {
+				t.Errorf("Redact = %s; want the annotation named and its value <redacted>", msg)
+			}
+		})
+	}
+
+	// What a waiting ADD's message says is not a value, though it may hold the same characters.
+	pod := Pod{Annotations: map[string]string{
+		AnnotationTimeout: "3s", AnnotationSkip: "false", "example.com/enabled": "true", "example.com/port": "1",
+		AnnotationProbes: "tcp://10.0.0.7:5432",
+	}}
+	msg := `pod network not ready after 3.003s: tcp://10.0.0.7:5432: no answer (13 attempts); "true" on K3s 1.35; skip "false"`
+	want := `pod network not ready after 3.003s: tcp://10.0.0.7:5432: no answer (13 attempts); "true" on K3s 1.35; skip "<redacted>"`
+	if got := pod.Redact(msg); got != want {
+		t.Errorf("Redact\n got %s\nwant %s", got, want)
+	}
+}
+
 // The gate may keep or change the spec it gets; the Conf serves the next pod.
 func TestResolveDoesNotShareProbes(t *testing.T) {
 	c := mustParse(t, policyConf)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -24,8 +23,8 @@ type record struct {
 	verb    string
 	args    *skel.CmdArgs
 	logFile string
-	pod     string   // namespace/name, when the runtime said
-	secrets []string // annotation values the log must not show
+	pod     string     // namespace/name, when the runtime said
+	podConf config.Pod // whose annotation values the log must not show
 	outcome logrec.Outcome
 	reason  string
 	level   string
@@ -64,22 +63,14 @@ func (r *record) setPod(pod config.Pod) {
 	if pod.Namespace != "" || pod.Name != "" {
 		r.pod = pod.Namespace + "/" + pod.Name
 	}
-	// Annotation values are the pod owner's, and the node's log may be read
-	// by others: only probe URLs (already without userinfo) may appear.
-	for k, v := range pod.Annotations {
-		if k != config.AnnotationProbes && v != "" {
-			r.secrets = append(r.secrets, v)
-		}
-	}
+	r.podConf = pod
 }
 
-// redact removes annotation values from a message bound for the log. The
-// runtime still gets the whole message: the pod's owner wrote those values.
+// redact removes the pod's annotation values from a message bound for the
+// log (config.Pod.Redact). The runtime still gets the whole message: the
+// pod's owner wrote those values.
 func (r *record) redact(msg string) string {
-	for _, v := range r.secrets {
-		msg = strings.ReplaceAll(msg, v, "<redacted>")
-	}
-	return msg
+	return r.podConf.Redact(msg)
 }
 
 // fail notes err (if any) as the invocation's outcome and returns it.
